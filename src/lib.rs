@@ -1,0 +1,7 @@
+//! backline: a real-time backing-track player for live shows.
+//!
+//! Modules follow DESIGN.md, one concern each: `library` (files → validated model),
+//! `media` (decode, resample, prefetch), `engine` (transport, mixer, outputs), `timing`
+//! (tempo maps), `rt` (real-time scheduling), `stats` (measurements).
+
+pub mod library;
