@@ -12,11 +12,11 @@ Files written (relative to this script):
 
   songs/01-sound-check/backing.flac  stereo: pad left, bass right
   songs/01-sound-check/click.wav     120 BPM, accented downbeats
-  songs/02-tempo-change/click.wav    follows the tempo map below exactly
+  songs/02-tempo-change/click.flac    follows the tempo map below exactly
   songs/02-tempo-change/bass.ogg     mono bass line on the same tempo map
   songs/03-with-midi/song.mid        SMF type 1: conductor, drums (ch 10), bass (ch 1)
   songs/03-with-midi/pad.mp3         stereo pad, 128 kbit/s CBR
-  songs/03-with-midi/click.wav       110 BPM (the MIDI file's tempo)
+  songs/03-with-midi/click.flac       110 BPM (the MIDI file's tempo)
 
 All audio is 48 kHz. WAVs and the FLAC input are 16-bit integer PCM.
 Levels: clicks peak at -6 dBFS (accent) / -10 dBFS (other beats); every
@@ -335,8 +335,9 @@ def tempo_change():
     click = silence(length)
     for b in range(last_beat + 1):
         render_click(click, song2_time(b), accent=(b % 4 == 0))
-    out = os.path.join(d, "click.wav")
-    write_wav(out, [click])
+    # FLAC keeps the example under 2 MB; song 1 keeps a WAV click so both decoders run.
+    out = os.path.join(d, "click.flac")
+    encode_flac([click], out)
     say(out)
 
 
@@ -454,8 +455,8 @@ def with_midi():
     click = silence(length)
     for b in range(bars * 4):
         render_click(click, b * beat, accent=(b % 4 == 0))
-    out = os.path.join(d, "click.wav")
-    write_wav(out, [click])
+    out = os.path.join(d, "click.flac")
+    encode_flac([click], out)
     say(out)
 
 
