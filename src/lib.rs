@@ -5,3 +5,5 @@
 //! (tempo maps), `rt` (real-time scheduling), `stats` (measurements).
 
 pub mod library;
+pub mod media;
+pub mod timing;

@@ -1,0 +1,216 @@
+//! Decoding audio files with symphonia into interleaved f32, one packet at a time.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use symphonia::core::audio::SampleBuffer;
+use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::{FormatOptions, FormatReader};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+
+use crate::library::Diagnostic;
+
+/// Most channels a file may have (more is refused as implausible, bounding memory).
+pub const MAX_FILE_CHANNELS: usize = 64;
+/// Corrupt packets tolerated in a row before a file is declared undecodable.
+const MAX_CONSECUTIVE_BAD_PACKETS: usize = 64;
+
+/// What a file's header says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaInfo {
+    /// Number of channels.
+    pub channels: usize,
+    /// Frames per second.
+    pub sample_rate: u32,
+    /// Length in frames, when the container says.
+    pub frames: Option<u64>,
+    /// Codec short name, e.g. "flac".
+    pub codec: String,
+}
+
+/// An open audio file yielding interleaved f32 packets.
+pub struct FileDecoder {
+    path: PathBuf,
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn Decoder>,
+    track_id: u32,
+    buffer: Option<SampleBuffer<f32>>,
+    info: MediaInfo,
+    bad_packets: usize,
+}
+
+fn describe(error: &SymphoniaError) -> String {
+    match error {
+        SymphoniaError::Unsupported(what) => {
+            format!("unsupported format ({what}): expected WAV, FLAC, MP3, OGG/Vorbis, AAC/M4A or AIFF")
+        }
+        SymphoniaError::IoError(e) => format!("cannot read: {e}"),
+        other => format!("cannot decode: {other}"),
+    }
+}
+
+impl FileDecoder {
+    /// Opens `path` and checks that the header describes playable audio.
+    pub fn open(path: &Path) -> Result<FileDecoder, Diagnostic> {
+        let file = File::open(path).map_err(|e| Diagnostic::file(path, format!("cannot open: {e}")))?;
+        if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+            return Err(Diagnostic::file(path, "the file is empty: expected audio"));
+        }
+        let stream = MediaSourceStream::new(Box::new(file), Default::default());
+        let mut hint = Hint::new();
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            hint.with_extension(ext);
+        }
+        let probed = symphonia::default::get_probe()
+            .format(
+                &hint,
+                stream,
+                &FormatOptions::default(),
+                &MetadataOptions::default(),
+            )
+            .map_err(|e| Diagnostic::file(path, describe(&e)))?;
+        let format = probed.format;
+        let track = format
+            .tracks()
+            .iter()
+            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .ok_or_else(|| Diagnostic::file(path, "no audio track in the file: expected audio"))?;
+        let params = track.codec_params.clone();
+        let track_id = track.id;
+        let sample_rate = params.sample_rate.unwrap_or(0);
+        if !(1_000..=768_000).contains(&sample_rate) {
+            return Err(Diagnostic::file(
+                path,
+                format!("the header says {sample_rate} Hz: expected a sample rate from 1000 to 768000 Hz"),
+            ));
+        }
+        let channels = params.channels.map(|c| c.count()).unwrap_or(0);
+        if channels > MAX_FILE_CHANNELS {
+            return Err(Diagnostic::file(
+                path,
+                format!("the header says {channels} channels: expected 1 to {MAX_FILE_CHANNELS}"),
+            ));
+        }
+        let decoder = symphonia::default::get_codecs()
+            .make(&params, &DecoderOptions::default())
+            .map_err(|e| Diagnostic::file(path, describe(&e)))?;
+        let codec = symphonia::default::get_codecs()
+            .get_codec(params.codec)
+            .map(|d| d.short_name.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let mut decoder = FileDecoder {
+            path: path.to_path_buf(),
+            format,
+            decoder,
+            track_id,
+            buffer: None,
+            info: MediaInfo {
+                channels,
+                sample_rate,
+                frames: params.n_frames,
+                codec,
+            },
+            bad_packets: 0,
+        };
+        if channels == 0 {
+            // Some containers (AAC in MP4) only tell the channel count once decoding starts.
+            decoder.info.channels = decoder.peek_channels()?;
+        }
+        Ok(decoder)
+    }
+
+    fn peek_channels(&mut self) -> Result<usize, Diagnostic> {
+        let channels = self.decoder.codec_params().channels.map(|c| c.count()).unwrap_or(0);
+        if (1..=MAX_FILE_CHANNELS).contains(&channels) {
+            return Ok(channels);
+        }
+        Err(Diagnostic::file(
+            &self.path,
+            format!("the header says {channels} channels: expected 1 to {MAX_FILE_CHANNELS}"),
+        ))
+    }
+
+    /// What the header says.
+    pub fn info(&self) -> &MediaInfo {
+        &self.info
+    }
+
+    /// The next packet as interleaved samples (`info().channels` per frame), or `None` at the
+    /// end. Corrupt packets are skipped; a run of them is an error.
+    pub fn next_packet(&mut self) -> Result<Option<&[f32]>, Diagnostic> {
+        loop {
+            let packet = match self.format.next_packet() {
+                Ok(packet) => packet,
+                Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(None)
+                }
+                Err(SymphoniaError::ResetRequired) => return Ok(None),
+                Err(e) => return Err(Diagnostic::file(&self.path, describe(&e))),
+            };
+            if packet.track_id() != self.track_id {
+                continue;
+            }
+            match self.decoder.decode(&packet) {
+                Ok(decoded) => {
+                    self.bad_packets = 0;
+                    let spec = *decoded.spec();
+                    if spec.channels.count() != self.info.channels {
+                        return Err(Diagnostic::file(
+                            &self.path,
+                            format!(
+                                "the channel count changed from {} to {} mid-file: expected a constant layout",
+                                self.info.channels,
+                                spec.channels.count()
+                            ),
+                        ));
+                    }
+                    let needed = decoded.capacity() as u64;
+                    let fits = self.buffer.as_ref().is_some_and(|b| {
+                        b.capacity() as u64 >= needed * spec.channels.count() as u64
+                    });
+                    if !fits {
+                        self.buffer = Some(SampleBuffer::new(needed, spec));
+                    }
+                    let Some(buffer) = self.buffer.as_mut() else {
+                        return Ok(None);
+                    };
+                    buffer.copy_interleaved_ref(decoded);
+                    return Ok(Some(buffer.samples()));
+                }
+                Err(SymphoniaError::DecodeError(_)) | Err(SymphoniaError::IoError(_)) => {
+                    self.bad_packets += 1;
+                    if self.bad_packets > MAX_CONSECUTIVE_BAD_PACKETS {
+                        return Err(Diagnostic::file(
+                            &self.path,
+                            "too many corrupt packets in a row: the file is damaged",
+                        ));
+                    }
+                }
+                Err(e) => return Err(Diagnostic::file(&self.path, describe(&e))),
+            }
+        }
+    }
+}
+
+/// Reads only the header.
+pub fn probe(path: &Path) -> Result<MediaInfo, Diagnostic> {
+    FileDecoder::open(path).map(|d| d.info().clone())
+}
+
+/// Decodes the whole file (for `backline check`): returns the header and the number of
+/// frames actually decoded.
+pub fn decode_all(path: &Path) -> Result<(MediaInfo, u64), Diagnostic> {
+    let mut decoder = FileDecoder::open(path)?;
+    let channels = decoder.info().channels.max(1) as u64;
+    let mut frames = 0u64;
+    while let Some(samples) = decoder.next_packet()? {
+        frames += samples.len() as u64 / channels;
+    }
+    if frames == 0 {
+        return Err(Diagnostic::file(path, "no audio could be decoded: the file is empty or damaged"));
+    }
+    Ok((decoder.info().clone(), frames))
+}
