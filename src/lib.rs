@@ -5,5 +5,8 @@
 //! (tempo maps), `rt` (real-time scheduling), `stats` (measurements).
 
 pub mod library;
+pub mod cli;
+pub mod engine;
 pub mod media;
+pub mod rt;
 pub mod timing;

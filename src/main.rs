@@ -1,1 +1,135 @@
-fn main() {}
+//! backline: plays the backing tracks of a live show. This file only parses the command line
+//! and hands over to `backline::cli`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use backline::cli::check::{self, CheckOptions};
+use backline::cli::logging;
+use backline::cli::play::{self, PlayOptions};
+use backline::engine::output;
+use backline::library::Show;
+
+#[derive(Parser)]
+#[command(name = "backline", version, about = "Plays the backing tracks of a live show: stems, MIDI and a beat clock, in real time")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Play a set: a folder of songs, a folder with backline.yaml, or a backline.yaml.
+    Play {
+        /// Songs folder or backline.yaml.
+        target: PathBuf,
+        /// Playlist name (file stem) or playlist file.
+        #[arg(long)]
+        playlist: Option<String>,
+        /// Output device: a cpal device name, `default`, `jack`, or `wav:PATH` to render to a file in real time.
+        #[arg(long)]
+        output: Option<String>,
+        /// Do not try real-time scheduling.
+        #[arg(long)]
+        no_rt: bool,
+        /// SCHED_FIFO priority of the audio thread (the clock gets 10 more, at most 99).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=89))]
+        rt_priority: Option<u8>,
+    },
+    /// Validate a show (YAML, files, decoding, channels, rates, playlists); exit 1 on any error.
+    Check {
+        /// Songs folder or backline.yaml.
+        target: PathBuf,
+        /// Also check this playlist.
+        #[arg(long)]
+        playlist: Option<String>,
+        /// Print what real-time scheduling would give on this machine.
+        #[arg(long)]
+        system: bool,
+        /// Read headers only instead of decoding every file.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// List audio output devices of every compiled-in host.
+    Devices,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let raw_terminal = matches!(cli.command, Command::Play { .. })
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal();
+    logging::init(&cli.log_level, raw_terminal);
+    let code = match cli.command {
+        Command::Play {
+            target,
+            playlist,
+            output,
+            no_rt,
+            rt_priority,
+        } => play::run(
+            &target,
+            &PlayOptions {
+                playlist,
+                output,
+                no_rt,
+                rt_priority,
+            },
+        ),
+        Command::Check {
+            target,
+            playlist,
+            system,
+            quick,
+        } => run_check(&target, &CheckOptions { playlist, system, quick }),
+        Command::Devices => {
+            for line in output::list_devices() {
+                println!("{line}");
+            }
+            0
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn run_check(target: &std::path::Path, options: &CheckOptions) -> i32 {
+    let show = match Show::load(target) {
+        Ok(show) => show,
+        Err(errors) => {
+            for e in errors {
+                println!("error: {e}");
+            }
+            return 1;
+        }
+    };
+    if options.system {
+        let settings = play::rt_settings(&show, &PlayOptions::default());
+        for line in check::system_report(&show, &settings) {
+            println!("{line}");
+        }
+    }
+    let report = check::check_show(&show, options);
+    for note in &report.notes {
+        println!("{note}");
+    }
+    for warning in &report.warnings {
+        println!("warning: {warning}");
+    }
+    for error in &report.errors {
+        println!("error: {error}");
+    }
+    println!(
+        "{} songs, {} playlists: {} errors, {} warnings",
+        show.library.songs.len(),
+        show.library.playlists.len(),
+        report.errors.len(),
+        report.warnings.len()
+    );
+    i32::from(!report.errors.is_empty())
+}

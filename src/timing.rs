@@ -357,3 +357,26 @@ mod tests {
         assert!(TempoMap::from_midi_file(b"garbage").is_none());
     }
 }
+
+/// Sleeps until `deadline_ns` on CLOCK_MONOTONIC with an absolute deadline, so lateness of
+/// one wake-up never shifts the next (no cumulative drift). Real-time safe.
+pub fn sleep_until_ns(deadline_ns: u64) {
+    let deadline = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    loop {
+        // SAFETY: clock_nanosleep reads the timespec and writes nothing when remain is null.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &deadline,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != libc::EINTR {
+            return;
+        }
+    }
+}

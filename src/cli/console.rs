@@ -1,0 +1,191 @@
+//! The terminal front-end of `backline play`: raw-mode keys (space, n, p, q, Ctrl-C), a
+//! one-line status that redraws in place, and a guard that restores the terminal on every
+//! exit path (normal return, error, panic, signal).
+
+use std::io::Write;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use crossterm::terminal;
+
+use crate::engine::{Request, StatusSink, StatusSnapshot};
+use crate::rt::{self, Role};
+
+/// Restores the terminal when dropped (and from the panic hook).
+pub struct TerminalGuard;
+
+impl TerminalGuard {
+    /// Switches the terminal to raw mode for single-key commands.
+    pub fn enter() -> std::io::Result<TerminalGuard> {
+        terminal::enable_raw_mode()?;
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
+        Ok(TerminalGuard)
+    }
+}
+
+/// Leaves raw mode and clears the status line. Safe to call more than once.
+pub fn restore_terminal() {
+    let _ = terminal::disable_raw_mode();
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"\r\x1b[2K");
+    let _ = out.flush();
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Reads keys on a background thread and turns them into requests.
+pub fn spawn_key_reader(requests: Sender<Request>) {
+    let spawned = std::thread::Builder::new()
+        .name("backline-keys".into())
+        .spawn(move || loop {
+            let Ok(TermEvent::Key(key)) = event::read() else {
+                continue;
+            };
+            let Some(request) = key_to_request(key) else {
+                continue;
+            };
+            let quit = request == Request::Quit;
+            if requests.send(request).is_err() || quit {
+                return;
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot read keys: {e}");
+    }
+}
+
+/// The key map: space = play/stop, n = next, p = previous, q / Ctrl-C = quit.
+pub fn key_to_request(key: KeyEvent) -> Option<Request> {
+    if key.kind == KeyEventKind::Release {
+        return None;
+    }
+    match key.code {
+        KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => Some(Request::Quit),
+        KeyCode::Char(' ') => Some(Request::TogglePlay),
+        KeyCode::Char('n') | KeyCode::Right => Some(Request::Next),
+        KeyCode::Char('p') | KeyCode::Left => Some(Request::Previous),
+        KeyCode::Char('q') | KeyCode::Esc => Some(Request::Quit),
+        _ => None,
+    }
+}
+
+/// Formats seconds as m:ss.
+pub fn clock(seconds: f64) -> String {
+    let total = seconds.max(0.0) as u64;
+    format!("{}:{:02}", total / 60, total % 60)
+}
+
+/// The one-line status, e.g.
+/// `▶ 2/3 Tempo Change  0:12/0:16  120.0 BPM  jack:backline_out  xruns 0  RT audio FIFO 70 (CAP_SYS_NICE)`.
+pub fn status_line(status: &StatusSnapshot, audio_role: Role) -> String {
+    let state = if status.set_ended {
+        "■ end of set"
+    } else if status.playing {
+        "▶"
+    } else {
+        "■"
+    };
+    let length = status.length_seconds.map(clock).unwrap_or_else(|| "?:??".into());
+    let tempo = status
+        .bpm
+        .map(|b| format!("{b:.1} BPM"))
+        .unwrap_or_else(|| "no tempo".into());
+    let realtime = rt::report(audio_role)
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| format!("{audio_role} pending"));
+    format!(
+        "{state} {}/{} {}  {}/{}  {tempo}  {}  xruns {}  RT {realtime}",
+        status.index,
+        status.total,
+        status.song,
+        clock(status.position_seconds),
+        length,
+        status.device,
+        status.xruns
+    )
+}
+
+/// Draws the status line in place, at most 10 times a second.
+pub struct StatusLine {
+    last_draw: Instant,
+    audio_role: Role,
+}
+
+impl StatusLine {
+    /// A status line reporting the RT state of `audio_role`.
+    pub fn new(audio_role: Role) -> Self {
+        StatusLine {
+            last_draw: Instant::now() - Duration::from_secs(1),
+            audio_role,
+        }
+    }
+}
+
+impl StatusSink for StatusLine {
+    fn update(&mut self, status: &StatusSnapshot) {
+        if self.last_draw.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last_draw = Instant::now();
+        let width = terminal::size().map(|(w, _)| usize::from(w)).unwrap_or(120).max(20);
+        let line: String = status_line(status, self.audio_role).chars().take(width - 1).collect();
+        let mut out = std::io::stdout();
+        let _ = write!(out, "\r\x1b[2K{line}");
+        let _ = out.flush();
+    }
+}
+
+/// The status sink for non-interactive runs: state changes are logged by the player instead.
+pub struct NoStatus;
+
+impl StatusSink for NoStatus {
+    fn update(&mut self, _status: &StatusSnapshot) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_requests() {
+        let key = |c| KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE);
+        assert_eq!(key_to_request(key(' ')), Some(Request::TogglePlay));
+        assert_eq!(key_to_request(key('n')), Some(Request::Next));
+        assert_eq!(key_to_request(key('p')), Some(Request::Previous));
+        assert_eq!(key_to_request(key('q')), Some(Request::Quit));
+        assert_eq!(
+            key_to_request(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Some(Request::Quit)
+        );
+        assert_eq!(key_to_request(key('x')), None);
+    }
+
+    #[test]
+    fn status_line_shows_everything() {
+        let line = status_line(
+            &StatusSnapshot {
+                song: "Tempo Change".into(),
+                index: 2,
+                total: 3,
+                position_seconds: 72.4,
+                length_seconds: Some(196.0),
+                bpm: Some(120.0),
+                device: "jack:backline_out".into(),
+                xruns: 1,
+                playing: true,
+                set_ended: false,
+            },
+            Role::Audio,
+        );
+        assert!(line.starts_with("▶ 2/3 Tempo Change  1:12/3:16  120.0 BPM  jack:backline_out  xruns 1  RT "), "{line}");
+    }
+}

@@ -1,0 +1,74 @@
+//! Log output through tracing: one line per event on stderr; no timestamps under systemd
+//! (journald adds its own); in the terminal UI, each line first clears the status line and
+//! ends with CR LF so raw mode does not staircase.
+
+use std::io::Write;
+
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::EnvFilter;
+
+/// True when started by systemd (journald captures stderr and timestamps it).
+pub fn under_systemd() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("JOURNAL_STREAM").is_some()
+}
+
+/// Installs the global subscriber. `level` is the default filter (RUST_LOG overrides it).
+pub fn init(level: &str, raw_terminal: bool) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},symphonia=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(false);
+    let result = if raw_terminal {
+        builder.with_writer(RawTerminalWriter).try_init()
+    } else if under_systemd() {
+        builder.without_time().with_writer(std::io::stderr).try_init()
+    } else {
+        builder.with_writer(std::io::stderr).try_init()
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}
+
+/// Writes log lines above the status line while the terminal is in raw mode.
+#[derive(Clone, Copy)]
+pub struct RawTerminalWriter;
+
+/// One log line being written in raw mode.
+pub struct RawLine(Vec<u8>);
+
+impl Write for RawLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RawLine {
+    fn drop(&mut self) {
+        let mut text = Vec::with_capacity(self.0.len() + 8);
+        text.extend_from_slice(b"\r\x1b[2K");
+        for &byte in &self.0 {
+            if byte == b'\n' {
+                text.push(b'\r');
+            }
+            text.push(byte);
+        }
+        let mut err = std::io::stderr();
+        let _ = err.write_all(&text);
+        let _ = err.flush();
+    }
+}
+
+impl<'a> MakeWriter<'a> for RawTerminalWriter {
+    type Writer = RawLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RawLine(Vec::with_capacity(128))
+    }
+}

@@ -1,0 +1,7 @@
+//! The command-line front-end: the `play`, `check` and `devices` commands, the terminal UI
+//! and log setup. `main.rs` only parses arguments and calls in here.
+
+pub mod check;
+pub mod console;
+pub mod logging;
+pub mod play;

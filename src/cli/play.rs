@@ -1,0 +1,256 @@
+//! `backline play`: loads the show, opens the output, starts the player and the terminal UI
+//! (or logs state changes when there is no terminal), in the privilege order of DESIGN.md.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use super::console::{self, NoStatus, StatusLine, TerminalGuard};
+use crate::engine::output::{self, OutputRequest};
+use crate::engine::render::{wav_path, RenderSettings, WavRender};
+use crate::engine::{transport, AudioCallback, FirstCallbackHook, Player, RunSummary};
+use crate::library::Show;
+use crate::rt::{self, CpuSet, Role, RtSettings};
+
+/// Options of `backline play`.
+#[derive(Debug, Clone, Default)]
+pub struct PlayOptions {
+    /// Playlist name or file (`--playlist`).
+    pub playlist: Option<String>,
+    /// Output device overriding the config (`--output`).
+    pub output: Option<String>,
+    /// `--no-rt`.
+    pub no_rt: bool,
+    /// `--rt-priority N`: audio priority N, clock N+10 (at most 99).
+    pub rt_priority: Option<u8>,
+}
+
+/// Real-time settings from the config and command line.
+pub fn rt_settings(show: &Show, options: &PlayOptions) -> RtSettings {
+    let realtime = &show.config.realtime;
+    let mut cpus = CpuSet::NONE;
+    for &cpu in &realtime.cpus {
+        match cpus.with(cpu) {
+            Some(more) => cpus = more,
+            None => warn!("realtime.cpus: CPU {cpu} is out of range (0-63), ignored"),
+        }
+    }
+    let (audio_priority, clock_priority) = match options.rt_priority {
+        Some(p) => (p, p.saturating_add(10).min(99)),
+        None => (realtime.audio_priority, realtime.clock_priority),
+    };
+    RtSettings {
+        enabled: realtime.enabled && !options.no_rt,
+        audio_priority,
+        clock_priority,
+        cpus,
+    }
+}
+
+/// Logs every problem the library and setlist have; returns how many there were.
+pub fn report_library_problems(show: &Show) -> usize {
+    for warning in &show.library.warnings {
+        warn!("{warning}");
+    }
+    for problem in &show.library.errors {
+        error!("{problem}");
+    }
+    if show.config.has_midi_section {
+        warn!("the `midi:` section of the config is read but MIDI output is not part of this build yet");
+    }
+    show.library.errors.len()
+}
+
+/// Runs `backline play`. Returns the process exit code.
+pub fn run(target: &Path, options: &PlayOptions) -> i32 {
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let show = match Show::load(target) {
+        Ok(show) => show,
+        Err(errors) => {
+            for e in errors {
+                error!("{e}");
+            }
+            return 1;
+        }
+    };
+    report_library_problems(&show);
+    let setlist = match show.setlist(options.playlist.as_deref()) {
+        Ok(setlist) => setlist,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    for missing in &setlist.missing {
+        error!("{missing}");
+    }
+    if setlist.songs.is_empty() {
+        error!("nothing to play: the setlist `{}` has no loadable song", setlist.name);
+        return 1;
+    }
+    info!("setlist `{}`: {} songs", setlist.name, setlist.songs.len());
+
+    let device = options
+        .output
+        .clone()
+        .unwrap_or_else(|| show.config.audio.device.clone());
+    let settings = rt_settings(&show, options);
+    let probe = rt::probe().summary();
+    let (transport, control) = transport::transport();
+    let status = control.status.clone();
+
+    // Choose the output first: the player needs its rate and channel count to prepare songs.
+    let wav = wav_path(&device).map(Path::to_path_buf);
+    let request = OutputRequest {
+        device: device.clone(),
+        channels: show.config.output_channels(),
+        sample_rate: show.config.audio.sample_rate,
+        buffer_size: show.config.audio.buffer_size,
+    };
+    let chosen = match &wav {
+        Some(_) => None,
+        None => match output::choose(&request) {
+            Ok(chosen) => Some(chosen),
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
+        },
+    };
+    let (rate, channels, description) = match &chosen {
+        Some(c) => (c.opened.sample_rate, c.opened.channels, c.opened.description.clone()),
+        None => (request.sample_rate, request.channels, device.clone()),
+    };
+    let role = if wav.is_some() { Role::Render } else { Role::Audio };
+    let promote: FirstCallbackHook = Box::new(move || {
+        rt::prefault_stack();
+        rt::promote_current_thread(role, &settings, &probe);
+    });
+
+    let mut player = Player::new(
+        show.config.clone(),
+        setlist,
+        control,
+        rate,
+        usize::from(channels),
+        description,
+    );
+    if !player.load_first(true) {
+        error!("nothing to play: every song in the set failed to load");
+        return 1;
+    }
+
+    let (timing_tx, _timing_rx) = rtrb::RingBuffer::new(4096);
+    let callback = AudioCallback::new(
+        transport,
+        status.clone(),
+        usize::from(channels),
+        rate,
+        (wav.is_none()).then_some(promote),
+        Some(timing_tx),
+    );
+    // Keep the output alive for the whole run.
+    enum Running {
+        Device(output::CpalOutput),
+        Wav(WavRender),
+    }
+    let running = match (&wav, chosen) {
+        (Some(path), _) => {
+            let hook: FirstCallbackHook = Box::new(move || {
+                rt::prefault_stack();
+                rt::promote_current_thread(Role::Render, &settings, &probe);
+            });
+            WavRender::start(
+                RenderSettings {
+                    path: path.clone(),
+                    channels,
+                    sample_rate: rate,
+                    period_frames: show.config.audio.buffer_size,
+                    stop_at_set_end: !interactive,
+                    on_thread_start: Some(hook),
+                },
+                callback,
+            )
+            .map(Running::Wav)
+        }
+        (None, Some(chosen)) => output::start(chosen, callback, status.clone()).map(Running::Device),
+        (None, None) => Err("no output chosen".to_string()),
+    };
+    let running = match running {
+        Ok(running) => running,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    let opened = match &running {
+        Running::Device(d) => d.opened.clone(),
+        Running::Wav(w) => w.opened.clone(),
+    };
+    info!(
+        "output {}: {} channels, {} Hz, {} frames/period, {}",
+        opened.description,
+        opened.channels,
+        opened.sample_rate,
+        opened.buffer_size.map_or("default".to_string(), |b| b.to_string()),
+        opened.sample_format
+    );
+    if settings.enabled {
+        rt::lock_memory();
+    }
+
+    let quit = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, quit.clone()) {
+            warn!("cannot handle signal {signal}: {e}");
+        }
+    }
+    let (request_tx, request_rx) = mpsc::channel();
+    let summary: RunSummary = if interactive {
+        let guard = TerminalGuard::enter();
+        if let Err(e) = &guard {
+            warn!("cannot switch the terminal to raw mode: {e}");
+        }
+        console::spawn_key_reader(request_tx);
+        let mut line = StatusLine::new(role);
+        let summary = player.run(&request_rx, &quit, false, &mut line);
+        drop(guard);
+        summary
+    } else {
+        drop(request_tx);
+        player.run(&request_rx, &quit, true, &mut NoStatus)
+    };
+    rt::log_pending_reports();
+
+    match running {
+        Running::Wav(render) => match render.finish() {
+            Ok(frames) => info!(
+                "wrote {frames} frames ({:.2} s) to {}",
+                frames as f64 / f64::from(rate),
+                opened.description
+            ),
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
+        },
+        Running::Device(device) => {
+            // Let the last buffers reach the speakers before closing the device.
+            std::thread::sleep(Duration::from_millis(100));
+            drop(device);
+        }
+    }
+    info!(
+        "done: {} started, {} finished, {} skipped, {} xruns",
+        summary.started,
+        summary.finished,
+        summary.skipped,
+        status.xruns.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    0
+}

@@ -1,0 +1,145 @@
+//! The audio callback shared by every output backend: runs the transport into a scratch
+//! buffer, converts to the device's sample format, measures its own timing, and promotes its
+//! thread to real-time priority on the first call.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cpal::{FromSample, Sample};
+
+use super::transport::{Processed, SharedStatus, Transport};
+
+/// Frames rendered per inner step when the device asks for more than the scratch holds.
+pub const MAX_BLOCK_FRAMES: usize = 4096;
+
+/// Nanoseconds on CLOCK_MONOTONIC (a vDSO call: no allocation, no lock).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Run once on the audio thread's first callback (real-time promotion). Must not allocate.
+pub type FirstCallbackHook = Box<dyn FnMut() + Send>;
+
+/// One timing sample of the audio callback, sent to the stats thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallbackTiming {
+    /// Time since the previous callback minus the nominal period, in ns.
+    pub interval_error_ns: i64,
+    /// Time spent in the callback, in ns.
+    pub busy_ns: i64,
+    /// The nominal period, in ns.
+    pub period_ns: i64,
+}
+
+/// The callback state every backend drives.
+pub struct AudioCallback {
+    transport: Transport,
+    scratch: Vec<f32>,
+    channels: usize,
+    sample_rate: u32,
+    last_start_ns: u64,
+    on_first_call: Option<FirstCallbackHook>,
+    first_call_done: bool,
+    timings: Option<rtrb::Producer<CallbackTiming>>,
+    status: Arc<SharedStatus>,
+}
+
+impl AudioCallback {
+    /// A callback rendering `channels` interleaved channels at `sample_rate`.
+    pub fn new(
+        transport: Transport,
+        status: Arc<SharedStatus>,
+        channels: usize,
+        sample_rate: u32,
+        on_first_call: Option<FirstCallbackHook>,
+        timings: Option<rtrb::Producer<CallbackTiming>>,
+    ) -> Self {
+        AudioCallback {
+            transport,
+            scratch: vec![0.0; MAX_BLOCK_FRAMES * channels.max(1)],
+            channels: channels.max(1),
+            sample_rate,
+            last_start_ns: 0,
+            on_first_call,
+            first_call_done: false,
+            timings,
+            status,
+        }
+    }
+
+    /// Renders straight into an f32 buffer. Returns where the set ended, if it did.
+    pub fn render_f32(&mut self, output: &mut [f32]) -> Processed {
+        let start = self.begin(output.len());
+        let mut set_ended_at = None;
+        let mut done = 0;
+        for block in output.chunks_mut(MAX_BLOCK_FRAMES * self.channels) {
+            let processed = self.transport.process(block, self.channels);
+            if let (None, Some(at)) = (set_ended_at, processed.set_ended_at) {
+                set_ended_at = Some(done + at);
+            }
+            done += block.len() / self.channels;
+        }
+        self.end(start, output.len());
+        Processed { set_ended_at }
+    }
+
+    /// Renders into a device buffer of any sample format cpal supports.
+    pub fn render<T: Sample + FromSample<f32>>(&mut self, output: &mut [T]) {
+        let start = self.begin(output.len());
+        for block in output.chunks_mut(MAX_BLOCK_FRAMES * self.channels) {
+            let scratch = &mut self.scratch[..block.len()];
+            self.transport.process(scratch, self.channels);
+            for (dst, &src) in block.iter_mut().zip(scratch.iter()) {
+                *dst = T::from_sample(src);
+            }
+        }
+        self.end(start, output.len());
+    }
+
+    fn begin(&mut self, samples: usize) -> u64 {
+        if !self.first_call_done {
+            self.first_call_done = true;
+            if let Some(hook) = self.on_first_call.as_mut() {
+                hook();
+            }
+        }
+        let now = monotonic_ns();
+        let period_ns = self.period_ns(samples);
+        if self.last_start_ns != 0 {
+            let interval = now.saturating_sub(self.last_start_ns) as i64;
+            // A callback more than half a period late means the device ran dry.
+            if interval > period_ns + period_ns / 2 {
+                self.status.xruns.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        now
+    }
+
+    fn end(&mut self, start: u64, samples: usize) {
+        let period_ns = self.period_ns(samples);
+        if let Some(timings) = self.timings.as_mut() {
+            if self.last_start_ns != 0 {
+                let interval = start.saturating_sub(self.last_start_ns) as i64;
+                let sample = CallbackTiming {
+                    interval_error_ns: interval - period_ns,
+                    busy_ns: monotonic_ns().saturating_sub(start) as i64,
+                    period_ns,
+                };
+                // A full ring drops the sample; never block the audio.
+                let _ = timings.push(sample);
+            }
+        }
+        self.last_start_ns = start;
+    }
+
+    fn period_ns(&self, samples: usize) -> i64 {
+        let frames = (samples / self.channels) as i64;
+        frames * 1_000_000_000 / i64::from(self.sample_rate.max(1))
+    }
+}

@@ -1,0 +1,13 @@
+//! The engine: transport state machine, routing and gains, the mixer callback, and the
+//! output backends (cpal devices and the real-time WAV render).
+
+pub mod callback;
+pub mod mixer;
+pub mod output;
+pub mod player;
+pub mod render;
+pub mod transport;
+
+pub use callback::{AudioCallback, CallbackTiming, FirstCallbackHook};
+pub use player::{Player, Request, RunSummary, StatusSink, StatusSnapshot};
+pub use transport::{transport, Command, Event, PreparedSong, SharedStatus, TransportControl};

@@ -1,0 +1,301 @@
+//! Audio outputs through cpal: ALSA by default, JACK when the device is `jack` (or a
+//! `jack:` prefix). Picks channels, rate, buffer size and sample format (f32, i32, i16) the
+//! device supports, and lists devices for `backline devices`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{SampleFormat, SizedSample, FromSample, StreamConfig};
+
+use super::callback::AudioCallback;
+use super::transport::SharedStatus;
+
+/// What was actually opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedOutput {
+    /// Host and device name, for the status line.
+    pub description: String,
+    /// Output channels.
+    pub channels: u16,
+    /// Frames per second.
+    pub sample_rate: u32,
+    /// Requested frames per period (`None` = device default).
+    pub buffer_size: Option<u32>,
+    /// Sample format used.
+    pub sample_format: String,
+}
+
+/// What a device must be opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRequest {
+    /// Device name from the config or command line.
+    pub device: String,
+    /// Channels the routing needs.
+    pub channels: u16,
+    /// Preferred rate.
+    pub sample_rate: u32,
+    /// Preferred period.
+    pub buffer_size: u32,
+}
+
+/// A running cpal stream (audio stops when this is dropped).
+pub struct CpalOutput {
+    _stream: cpal::Stream,
+    /// What was opened.
+    pub opened: OpenedOutput,
+}
+
+fn is_jack(name: &str) -> bool {
+    name == "jack" || name.starts_with("jack:")
+}
+
+/// A device and the stream config chosen for it, not yet started.
+pub struct ChosenOutput {
+    device: cpal::Device,
+    config: StreamConfig,
+    format: SampleFormat,
+    /// What will be opened.
+    pub opened: OpenedOutput,
+}
+
+/// The device and config that would be opened for `request`, without opening a stream.
+pub fn choose(request: &OutputRequest) -> Result<ChosenOutput, String> {
+    let (host_name, device) = find_device(&request.device)?;
+    let name = device.name().unwrap_or_else(|_| "unnamed".into());
+    let configs: Vec<cpal::SupportedStreamConfigRange> = device
+        .supported_output_configs()
+        .map_err(|e| format!("output device `{name}` cannot report its formats: {e}"))?
+        .collect();
+    if configs.is_empty() {
+        return Err(format!("output device `{name}` offers no output formats"));
+    }
+    // Fewest channels that cover the routing, else the most the device has.
+    let channels = configs
+        .iter()
+        .map(|c| c.channels())
+        .filter(|&c| c >= request.channels)
+        .min()
+        .or_else(|| configs.iter().map(|c| c.channels()).max())
+        .unwrap_or(2);
+    let rate_fits = |c: &cpal::SupportedStreamConfigRange| {
+        c.min_sample_rate().0 <= request.sample_rate && request.sample_rate <= c.max_sample_rate().0
+    };
+    let with_channels: Vec<&cpal::SupportedStreamConfigRange> =
+        configs.iter().filter(|c| c.channels() == channels).collect();
+    let preference = [SampleFormat::F32, SampleFormat::I32, SampleFormat::I16];
+    let chosen = preference
+        .iter()
+        .find_map(|format| {
+            with_channels
+                .iter()
+                .find(|c| c.sample_format() == *format && rate_fits(c))
+        })
+        .or_else(|| {
+            preference.iter().find_map(|format| {
+                with_channels.iter().find(|c| c.sample_format() == *format)
+            })
+        })
+        .ok_or_else(|| {
+            format!("output device `{name}` supports none of f32, i32, i16 with {channels} channels")
+        })?;
+    let sample_rate = if rate_fits(chosen) {
+        request.sample_rate
+    } else {
+        chosen.max_sample_rate().0.min(48_000).max(chosen.min_sample_rate().0)
+    };
+    let buffer_size = match chosen.buffer_size() {
+        cpal::SupportedBufferSize::Range { min, max }
+            if *min <= request.buffer_size && request.buffer_size <= *max =>
+        {
+            Some(request.buffer_size)
+        }
+        _ => None,
+    };
+    let config = StreamConfig {
+        channels,
+        sample_rate: cpal::SampleRate(sample_rate),
+        buffer_size: buffer_size.map_or(cpal::BufferSize::Default, cpal::BufferSize::Fixed),
+    };
+    let opened = OpenedOutput {
+        description: format!("{host_name}:{name}"),
+        channels,
+        sample_rate,
+        buffer_size,
+        sample_format: chosen.sample_format().to_string(),
+    };
+    Ok(ChosenOutput {
+        device,
+        config,
+        format: chosen.sample_format(),
+        opened,
+    })
+}
+
+fn find_device(wanted: &str) -> Result<(String, cpal::Device), String> {
+    if is_jack(wanted) {
+        return jack_device(wanted);
+    }
+    let host = cpal::default_host();
+    let host_name = host.id().name().to_string();
+    if wanted == "default" || wanted.is_empty() {
+        return host
+            .default_output_device()
+            .map(|d| (host_name, d))
+            .ok_or_else(|| "there is no default audio output device (no sound card?): use `--output wav:PATH` to render to a file, or `--output jack`".into());
+    }
+    let devices: Vec<cpal::Device> = host
+        .output_devices()
+        .map_err(|e| format!("cannot list {host_name} output devices: {e}"))?
+        .collect();
+    let names: Vec<String> = devices
+        .iter()
+        .map(|d| d.name().unwrap_or_else(|_| "unnamed".into()))
+        .collect();
+    let exact = names.iter().position(|n| n == wanted);
+    let partial = || {
+        let lower = wanted.to_lowercase();
+        names.iter().position(|n| n.to_lowercase().contains(&lower))
+    };
+    match exact.or_else(partial) {
+        Some(index) => Ok((host_name, devices.into_iter().nth(index).ok_or("device vanished")?)),
+        None => Err(format!(
+            "no output device named `{wanted}`. Devices found: {}",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )),
+    }
+}
+
+#[cfg(feature = "jack")]
+fn jack_device(wanted: &str) -> Result<(String, cpal::Device), String> {
+    let client_name = wanted.strip_prefix("jack:").unwrap_or("backline");
+    let mut host = cpal::platform::JackHost::new()
+        .map_err(|_| "the JACK host is not available".to_string())?;
+    // backline connects its own ports to the system outputs; users re-patch freely.
+    host.set_connect_automatically(true);
+    let device = host
+        .output_device_with_name(client_name)
+        .ok_or_else(|| "cannot connect to a JACK server: is jackd running (and JACK_DEFAULT_SERVER set if it has a name)?".to_string())?;
+    Ok(("jack".into(), cpal::Device::from(device)))
+}
+
+#[cfg(not(feature = "jack"))]
+fn jack_device(_wanted: &str) -> Result<(String, cpal::Device), String> {
+    Err("this build has no JACK support (built without the `jack` feature)".into())
+}
+
+/// Opens the device and starts the callback on it.
+pub fn start(chosen: ChosenOutput, callback: AudioCallback, status: Arc<SharedStatus>) -> Result<CpalOutput, String> {
+    let ChosenOutput {
+        device,
+        config,
+        format,
+        opened,
+    } = chosen;
+    let stream = match format {
+        SampleFormat::F32 => build::<f32>(&device, &config, callback, status),
+        SampleFormat::I32 => build::<i32>(&device, &config, callback, status),
+        SampleFormat::I16 => build::<i16>(&device, &config, callback, status),
+        other => Err(format!("sample format {other} is not supported")),
+    }?;
+    stream
+        .play()
+        .map_err(|e| format!("cannot start {}: {e}", opened.description))?;
+    Ok(CpalOutput {
+        _stream: stream,
+        opened,
+    })
+}
+
+fn build<T: SizedSample + FromSample<f32>>(
+    device: &cpal::Device,
+    config: &StreamConfig,
+    mut callback: AudioCallback,
+    status: Arc<SharedStatus>,
+) -> Result<cpal::Stream, String> {
+    device
+        .build_output_stream::<T, _, _>(
+            config,
+            move |data: &mut [T], _info| callback.render(data),
+            move |error| {
+                // May run on the audio thread: only count, the control thread reports.
+                match error {
+                    cpal::StreamError::DeviceNotAvailable => {
+                        status.device_lost.store(true, Ordering::Relaxed);
+                    }
+                    cpal::StreamError::BackendSpecific { .. } => {
+                        status.xruns.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            },
+            None,
+        )
+        .map_err(|e| format!("cannot open the output stream: {e}"))
+}
+
+/// One line per output device of every compiled-in host, with its formats.
+pub fn list_devices() -> Vec<String> {
+    let mut lines = Vec::new();
+    for host_id in cpal::available_hosts() {
+        let host_name = host_id.name().to_string();
+        if host_name.eq_ignore_ascii_case("jack") {
+            match jack_device("jack") {
+                Ok((_, device)) => lines.push(describe_device("jack", &device, true)),
+                Err(e) => lines.push(format!("jack: (unavailable: {e})")),
+            }
+            continue;
+        }
+        let Ok(host) = cpal::host_from_id(host_id) else {
+            lines.push(format!("{host_name}: (unavailable)"));
+            continue;
+        };
+        let default_name = host.default_output_device().and_then(|d| d.name().ok());
+        match host.output_devices() {
+            Ok(devices) => {
+                let mut any = false;
+                for device in devices {
+                    any = true;
+                    let is_default = device.name().ok() == default_name;
+                    lines.push(describe_device(&host_name, &device, is_default));
+                }
+                if !any {
+                    lines.push(format!("{host_name}: (no output devices)"));
+                }
+            }
+            Err(e) => lines.push(format!("{host_name}: (cannot list devices: {e})")),
+        }
+    }
+    lines
+}
+
+fn describe_device(host: &str, device: &cpal::Device, is_default: bool) -> String {
+    let name = device.name().unwrap_or_else(|_| "unnamed".into());
+    let formats = match device.supported_output_configs() {
+        Ok(configs) => {
+            let mut parts: Vec<String> = configs
+                .map(|c| {
+                    format!(
+                        "{}ch {}-{}Hz {}",
+                        c.channels(),
+                        c.min_sample_rate().0,
+                        c.max_sample_rate().0,
+                        c.sample_format()
+                    )
+                })
+                .collect();
+            parts.sort();
+            parts.dedup();
+            if parts.len() > 6 {
+                let more = parts.len() - 6;
+                parts.truncate(6);
+                parts.push(format!("… {more} more"));
+            }
+            parts.join(", ")
+        }
+        Err(e) => format!("formats unknown: {e}"),
+    };
+    format!(
+        "{host}: {name}{} [{formats}]",
+        if is_default { " (default)" } else { "" }
+    )
+}

@@ -1,0 +1,529 @@
+//! The player: walks the setlist, prepares (pre-rolls) songs off the RT thread, feeds the
+//! transport, turns requests (keys, later footswitch and socket) into commands, turns the
+//! callback's events into log lines, and publishes a status snapshot.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tracing::{error, info, warn};
+
+use super::mixer::{db_to_gain, routes_for, SongMixer, StemMix};
+use super::transport::{Command, Event, PreparedSong, TransportControl};
+use crate::library::{Config, Diagnostic, Setlist};
+use crate::media;
+use crate::timing::TempoMap;
+
+/// How long a song may take to fill its rings before it starts anyway.
+const PREROLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the control loop wakes when nothing happens.
+const TICK: Duration = Duration::from_millis(10);
+
+/// What the musician (keys, footswitch, socket) asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Play if stopped, stop (back to the top of the song) if playing.
+    TogglePlay,
+    /// Start playing (no-op when playing).
+    Play,
+    /// Stop (no-op when stopped).
+    Stop,
+    /// Next song, immediately.
+    Next,
+    /// Previous song.
+    Previous,
+    /// Leave the player.
+    Quit,
+    /// Change a track's gain (ramped).
+    SetGain {
+        /// Track name.
+        track: String,
+        /// Gain in dB.
+        db: f32,
+    },
+}
+
+/// A snapshot of the player for the status line (and later STATUS= and the socket).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusSnapshot {
+    /// Current song name.
+    pub song: String,
+    /// 1-based position in the setlist.
+    pub index: usize,
+    /// Songs in the setlist.
+    pub total: usize,
+    /// Seconds into the song.
+    pub position_seconds: f64,
+    /// Song length in seconds, when known.
+    pub length_seconds: Option<f64>,
+    /// Tempo at the position, when the song has a tempo map.
+    pub bpm: Option<f64>,
+    /// Output device description.
+    pub device: String,
+    /// Device xruns so far.
+    pub xruns: u64,
+    /// Whether audio is playing.
+    pub playing: bool,
+    /// True once the last song ended.
+    pub set_ended: bool,
+}
+
+/// Where the status goes (a terminal status line, or nowhere when logging instead).
+pub trait StatusSink {
+    /// Called about every 10 ms with the latest snapshot.
+    fn update(&mut self, status: &StatusSnapshot);
+}
+
+/// Outcome of a whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunSummary {
+    /// Songs that started playing.
+    pub started: usize,
+    /// Songs that played to the end.
+    pub finished: usize,
+    /// Songs skipped because they could not be opened.
+    pub skipped: usize,
+    /// Whether the set ran to its end (as opposed to quit).
+    pub set_ended: bool,
+}
+
+struct SongInfo {
+    index: usize,
+    length_frames: Option<u64>,
+}
+
+/// The control side of playback.
+pub struct Player {
+    config: Config,
+    setlist: Setlist,
+    control: TransportControl,
+    device_rate: u32,
+    out_channels: usize,
+    device: String,
+    next_id: u64,
+    prepared: HashMap<u64, SongInfo>,
+    current: Option<u64>,
+    queued: Option<u64>,
+    tempo_maps: HashMap<usize, Option<TempoMap>>,
+    warned_routes: BTreeSet<String>,
+    summary: RunSummary,
+    playing: bool,
+    device_lost_reported: bool,
+}
+
+impl Player {
+    /// A player for `setlist` on an output of `out_channels` channels at `device_rate`.
+    pub fn new(
+        config: Config,
+        setlist: Setlist,
+        control: TransportControl,
+        device_rate: u32,
+        out_channels: usize,
+        device: String,
+    ) -> Player {
+        Player {
+            config,
+            setlist,
+            control,
+            device_rate,
+            out_channels,
+            device,
+            next_id: 1,
+            prepared: HashMap::new(),
+            current: None,
+            queued: None,
+            tempo_maps: HashMap::new(),
+            warned_routes: BTreeSet::new(),
+            summary: RunSummary::default(),
+            playing: false,
+            device_lost_reported: false,
+        }
+    }
+
+    /// Loads the first playable song (pre-rolled) and queues the one after, before the
+    /// output starts, so the first callback already has audio.
+    pub fn load_first(&mut self, start_playing: bool) -> bool {
+        let Some((index, song)) = self.prepare_from(0, 1) else {
+            return false;
+        };
+        let id = song.id;
+        self.wait_preroll(&song);
+        self.send(Command::Load(song));
+        self.current = Some(id);
+        if start_playing {
+            self.send(Command::Play);
+            self.playing = true;
+        }
+        self.queue_after(index);
+        true
+    }
+
+    /// Runs until the set ends (when `exit_at_set_end`), a Quit request, or `quit` is set.
+    pub fn run(
+        &mut self,
+        requests: &Receiver<Request>,
+        quit: &AtomicBool,
+        exit_at_set_end: bool,
+        sink: &mut dyn StatusSink,
+    ) -> RunSummary {
+        loop {
+            if quit.load(Ordering::Relaxed) {
+                break;
+            }
+            match requests.recv_timeout(TICK) {
+                Ok(Request::Quit) => break,
+                Ok(request) => self.handle_request(request),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    // No more requests can come (no keyboard): just keep playing.
+                    std::thread::sleep(TICK);
+                }
+            }
+            self.drain_events();
+            self.drain_trash();
+            self.check_device();
+            crate::rt::log_pending_reports();
+            sink.update(&self.snapshot());
+            if exit_at_set_end && self.summary.set_ended {
+                break;
+            }
+        }
+        self.send(Command::Stop);
+        self.playing = false;
+        self.summary
+    }
+
+    /// The current status.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let status = &self.control.status;
+        let id = self.current.unwrap_or(0);
+        let info = self.prepared.get(&id);
+        let position_frames = if status.current_id.load(Ordering::Relaxed) == id {
+            status.position.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        let rate = f64::from(self.device_rate);
+        let position_seconds = position_frames as f64 / rate;
+        let bpm = info
+            .and_then(|i| self.tempo_maps.get(&i.index))
+            .and_then(|m| m.as_ref())
+            .map(|m| m.bpm_at_seconds(position_seconds));
+        StatusSnapshot {
+            song: info
+                .and_then(|i| self.setlist.songs.get(i.index))
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            index: info.map_or(0, |i| i.index + 1),
+            total: self.setlist.songs.len(),
+            position_seconds,
+            length_seconds: info.and_then(|i| i.length_frames).map(|f| f as f64 / rate),
+            bpm,
+            device: self.device.clone(),
+            xruns: status.xruns.load(Ordering::Relaxed),
+            playing: status.playing.load(Ordering::Relaxed),
+            set_ended: self.summary.set_ended,
+        }
+    }
+
+    fn send(&mut self, command: Command) {
+        let mut command = command;
+        // The ring only fills if the callback has stopped running; wait a little, then drop.
+        for _ in 0..100 {
+            match self.control.commands.push(command) {
+                Ok(()) => return,
+                Err(rtrb::PushError::Full(back)) => {
+                    command = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        error!("the audio callback is not taking commands (device stalled?): command dropped");
+    }
+
+    fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::TogglePlay if self.playing => self.stop(),
+            Request::TogglePlay | Request::Play => self.play(),
+            Request::Stop => self.stop(),
+            Request::Next => self.next(),
+            Request::Previous => self.previous(),
+            Request::Quit => {}
+            Request::SetGain { track, db } => self.set_gain(&track, db),
+        }
+    }
+
+    fn play(&mut self) {
+        if self.playing {
+            return;
+        }
+        if self.current.is_none() {
+            // After the end of the set: start again from the top.
+            if !self.load_first(false) {
+                return;
+            }
+            self.summary.set_ended = false;
+        }
+        self.send(Command::Play);
+        self.playing = true;
+    }
+
+    fn stop(&mut self) {
+        if !self.playing {
+            return;
+        }
+        self.send(Command::Stop);
+        self.playing = false;
+        // Reload the same song from the top so "play" starts it instantly.
+        if let Some(index) = self.current.and_then(|id| self.prepared.get(&id)).map(|i| i.index) {
+            if let Some((_, song)) = self.prepare_from(index, 1) {
+                let id = song.id;
+                self.wait_preroll(&song);
+                self.send(Command::Load(song));
+                self.current = Some(id);
+            }
+        }
+    }
+
+    fn next(&mut self) {
+        match self.queued.take() {
+            Some(id) => {
+                self.send(Command::Advance);
+                self.current = Some(id);
+                if !self.playing {
+                    self.announce(id, "selected");
+                }
+                if let Some(index) = self.prepared.get(&id).map(|i| i.index) {
+                    self.queue_after(index);
+                }
+            }
+            None => info!("next: already on the last song"),
+        }
+    }
+
+    fn previous(&mut self) {
+        let Some(index) = self.current.and_then(|id| self.prepared.get(&id)).map(|i| i.index) else {
+            return;
+        };
+        if index == 0 {
+            info!("previous: already on the first song");
+            return;
+        }
+        if let Some((new_index, song)) = self.prepare_from(index - 1, -1) {
+            let id = song.id;
+            self.wait_preroll(&song);
+            self.send(Command::Load(song));
+            self.current = Some(id);
+            if !self.playing {
+                self.announce(id, "selected");
+            }
+            self.queue_after(new_index);
+        }
+    }
+
+    fn set_gain(&mut self, track: &str, db: f32) {
+        let Some(index) = self.current.and_then(|id| self.prepared.get(&id)).map(|i| i.index) else {
+            return;
+        };
+        let Some(song) = self.setlist.songs.get(index) else {
+            return;
+        };
+        let stem = song
+            .tracks
+            .iter()
+            .filter(|t| !self.config.outputs_for(&t.name).is_empty())
+            .position(|t| t.name == track);
+        match stem {
+            Some(stem) => self.send(Command::SetGain {
+                stem,
+                gain: db_to_gain(db),
+            }),
+            None => warn!("gain: the current song has no routed track named `{track}`"),
+        }
+    }
+
+    /// Queues the song after `index` (or `index` itself when the song loops).
+    fn queue_after(&mut self, index: usize) {
+        let looping = self.setlist.songs.get(index).is_some_and(|s| s.loop_playback);
+        let next = if looping { Some(index) } else { index.checked_add(1) };
+        self.queued = None;
+        if let Some(start) = next.filter(|&i| i < self.setlist.songs.len()) {
+            if let Some((_, song)) = self.prepare_from(start, 1) {
+                self.queued = Some(song.id);
+                self.send(Command::Queue(song));
+            }
+        }
+    }
+
+    fn announce(&self, id: u64, what: &str) {
+        if let Some(info) = self.prepared.get(&id) {
+            if let Some(song) = self.setlist.songs.get(info.index) {
+                let length = info
+                    .length_frames
+                    .map(|f| format!(", {:.1} s", f as f64 / f64::from(self.device_rate)))
+                    .unwrap_or_default();
+                info!(
+                    "song {what}: {}/{} {}{length}",
+                    info.index + 1,
+                    self.setlist.songs.len(),
+                    song.name
+                );
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Ok(event) = self.control.events.pop() {
+            match event {
+                Event::Started { id } => {
+                    self.summary.started += 1;
+                    self.announce(id, "started");
+                    if self.queued == Some(id) {
+                        // Auto-advance: the queued song became current; queue the next one.
+                        self.current = Some(id);
+                        self.queued = None;
+                        if let Some(index) = self.prepared.get(&id).map(|i| i.index) {
+                            self.queue_after(index);
+                        }
+                    }
+                }
+                Event::Finished { id, frames } => {
+                    self.summary.finished += 1;
+                    if let Some(song) = self.prepared.get(&id).and_then(|i| self.setlist.songs.get(i.index)) {
+                        info!(
+                            "song finished: {} ({:.2} s played)",
+                            song.name,
+                            frames as f64 / f64::from(self.device_rate)
+                        );
+                    }
+                    self.prepared.remove(&id);
+                }
+                Event::Stopped { id } => {
+                    if let Some(song) = id
+                        .and_then(|id| self.prepared.get(&id))
+                        .and_then(|i| self.setlist.songs.get(i.index))
+                    {
+                        info!("stopped: {}", song.name);
+                    }
+                }
+                Event::SetEnded => {
+                    self.summary.set_ended = true;
+                    self.playing = false;
+                    self.current = None;
+                    info!(
+                        "set finished: {} songs played, {} skipped",
+                        self.summary.finished, self.summary.skipped
+                    );
+                }
+            }
+        }
+    }
+
+    fn drain_trash(&mut self) {
+        while let Ok(song) = self.control.trash.pop() {
+            if self.current != Some(song.id) && self.queued != Some(song.id) {
+                self.prepared.remove(&song.id);
+            }
+            drop(song);
+        }
+    }
+
+    fn check_device(&mut self) {
+        if self.control.status.device_lost.load(Ordering::Relaxed) && !self.device_lost_reported {
+            self.device_lost_reported = true;
+            error!("audio device lost: {}", self.device);
+        }
+    }
+
+    fn wait_preroll(&self, song: &PreparedSong) {
+        let ready = song
+            .mixer
+            .stems
+            .iter()
+            .map(|s| &s.stream)
+            .all(|s| s.finished.load(Ordering::Acquire) || s.ring.slots() > 0);
+        if ready {
+            return;
+        }
+        let deadline = Instant::now() + PREROLL_TIMEOUT;
+        while Instant::now() < deadline {
+            let filled = song.mixer.stems.iter().all(|s| {
+                s.stream.finished.load(Ordering::Acquire)
+                    || s.stream.ring.slots() >= s.stream.ring.buffer().capacity() / 2
+            });
+            if filled {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        warn!("a song's files are loading slowly: playback may start with a gap");
+    }
+
+    /// Prepares the first playable song from `start` walking by `step`, skipping (with one
+    /// error line each) songs that cannot be opened.
+    fn prepare_from(&mut self, start: usize, step: isize) -> Option<(usize, Box<PreparedSong>)> {
+        let mut index = start as isize;
+        while index >= 0 && (index as usize) < self.setlist.songs.len() {
+            let at = index as usize;
+            match self.prepare(at) {
+                Ok(song) => return Some((at, song)),
+                Err(e) => {
+                    self.summary.skipped += 1;
+                    error!("song skipped: {}: {e}", self.setlist.songs[at].name);
+                }
+            }
+            index += step;
+        }
+        None
+    }
+
+    fn prepare(&mut self, index: usize) -> Result<Box<PreparedSong>, Diagnostic> {
+        let song = &self.setlist.songs[index];
+        let config = &self.config;
+        let streams = media::open_song(song, self.device_rate, |name| !config.outputs_for(name).is_empty())?;
+        let mut stems = Vec::with_capacity(streams.stems.len());
+        for stream in streams.stems {
+            let outputs: Vec<usize> = config
+                .outputs_for(&stream.name)
+                .into_iter()
+                .map(|o| usize::from(o) - 1)
+                .collect();
+            let usable: Vec<usize> = outputs.iter().copied().filter(|&o| o < self.out_channels).collect();
+            if usable.len() < outputs.len() && self.warned_routes.insert(stream.name.clone()) {
+                warn!(
+                    "track `{}` is routed to output {} but the device has {} outputs: those routes are silent",
+                    stream.name,
+                    outputs.iter().filter(|&&o| o >= self.out_channels).map(|o| (o + 1).to_string()).collect::<Vec<_>>().join(", "),
+                    self.out_channels
+                );
+            }
+            let routes = routes_for(stream.channels, &usable);
+            let gain = db_to_gain(config.audio.track_gains.get(&stream.name).copied().unwrap_or(0.0));
+            stems.push(StemMix::new(stream, routes, gain));
+        }
+        if !self.tempo_maps.contains_key(&index) {
+            let map = song.tempo.as_ref().map(TempoMap::from_spec).or_else(|| {
+                song.midi_playback
+                    .as_ref()
+                    .and_then(|m| std::fs::read(&m.file).ok())
+                    .and_then(|bytes| TempoMap::from_midi_file(&bytes))
+            });
+            self.tempo_maps.insert(index, map);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.prepared.insert(
+            id,
+            SongInfo {
+                index,
+                length_frames: streams.length_frames,
+            },
+        );
+        Ok(Box::new(PreparedSong {
+            id,
+            mixer: SongMixer { stems },
+            position: 0,
+        }))
+    }
+}

@@ -1,0 +1,270 @@
+//! The transport: what the audio callback plays (current song, the pre-rolled next one,
+//! playing or stopped), driven by commands over a lock-free ring and reporting back over
+//! another. Songs are built off the RT thread, travel in as `Box`es and travel back out to be
+//! dropped, so the callback never allocates or frees.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::mixer::SongMixer;
+
+/// A song ready to play: its mixer plus identity and length.
+pub struct PreparedSong {
+    /// Unique id of this preparation (a song prepared twice has two ids).
+    pub id: u64,
+    /// The stems and routing.
+    pub mixer: SongMixer,
+    /// Frames played so far.
+    pub position: u64,
+}
+
+/// Requests from the control thread to the callback.
+pub enum Command {
+    /// Replace the current song (the old one is sent back to be dropped).
+    Load(Box<PreparedSong>),
+    /// Set the song to start the moment the current one ends (or on `Advance`).
+    Queue(Box<PreparedSong>),
+    /// Start playing the current song.
+    Play,
+    /// Stop: the current song is sent back; the control thread loads a fresh copy.
+    Stop,
+    /// Jump to the queued song now.
+    Advance,
+    /// Ramp a stem of the current song to a new linear gain.
+    SetGain {
+        /// Stem index.
+        stem: usize,
+        /// Linear gain.
+        gain: f32,
+    },
+}
+
+/// What happened in the callback, for the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A song began playing (`id` of its preparation).
+    Started {
+        /// Preparation id.
+        id: u64,
+    },
+    /// A song played to its end.
+    Finished {
+        /// Preparation id.
+        id: u64,
+        /// Frames it played.
+        frames: u64,
+    },
+    /// Playback stopped on request.
+    Stopped {
+        /// Preparation id, if a song was loaded.
+        id: Option<u64>,
+    },
+    /// The last song ended and nothing was queued.
+    SetEnded,
+}
+
+/// Counters the callback publishes and anyone may read (atomics only).
+#[derive(Debug, Default)]
+pub struct SharedStatus {
+    /// Callbacks run so far (the watchdog's heartbeat).
+    pub callbacks: AtomicU64,
+    /// Frames rendered to the device so far.
+    pub frames_rendered: AtomicU64,
+    /// Id of the current song's preparation (0 = none).
+    pub current_id: AtomicU64,
+    /// Position of the current song in frames.
+    pub position: AtomicU64,
+    /// Whether the transport is playing.
+    pub playing: AtomicBool,
+    /// Stem-frames played as silence because a loader was late.
+    pub underrun_frames: AtomicU64,
+    /// Device xruns (late callbacks, or reported by the backend).
+    pub xruns: AtomicU64,
+    /// Set when the output device reported it is gone.
+    pub device_lost: AtomicBool,
+    /// Songs that could not be handed back for dropping (ring full); leaked, never freed on RT.
+    pub leaked: AtomicU64,
+}
+
+/// The callback's side of the transport.
+pub struct Transport {
+    commands: rtrb::Consumer<Command>,
+    events: rtrb::Producer<Event>,
+    trash: rtrb::Producer<Box<PreparedSong>>,
+    current: Option<Box<PreparedSong>>,
+    queued: Option<Box<PreparedSong>>,
+    playing: bool,
+    status: Arc<SharedStatus>,
+}
+
+/// The control thread's side of the transport.
+pub struct TransportControl {
+    /// Commands to the callback.
+    pub commands: rtrb::Producer<Command>,
+    /// Events from the callback.
+    pub events: rtrb::Consumer<Event>,
+    /// Songs the callback is done with, to be dropped here.
+    pub trash: rtrb::Consumer<Box<PreparedSong>>,
+    /// Live counters.
+    pub status: Arc<SharedStatus>,
+}
+
+/// Most commands handled per callback (bounds the work done before audio).
+const COMMANDS_PER_CALLBACK: usize = 16;
+
+/// Creates the two sides of a transport.
+pub fn transport() -> (Transport, TransportControl) {
+    let (command_tx, command_rx) = rtrb::RingBuffer::new(64);
+    let (event_tx, event_rx) = rtrb::RingBuffer::new(256);
+    let (trash_tx, trash_rx) = rtrb::RingBuffer::new(64);
+    let status = Arc::new(SharedStatus::default());
+    (
+        Transport {
+            commands: command_rx,
+            events: event_tx,
+            trash: trash_tx,
+            current: None,
+            queued: None,
+            playing: false,
+            status: status.clone(),
+        },
+        TransportControl {
+            commands: command_tx,
+            events: event_rx,
+            trash: trash_rx,
+            status,
+        },
+    )
+}
+
+/// Result of one [`Transport::process`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Processed {
+    /// When the set ended inside this buffer: the number of frames that carry audio.
+    pub set_ended_at: Option<usize>,
+}
+
+impl Transport {
+    /// Fills `output` (interleaved, `channels` wide) with the next `output.len() / channels`
+    /// frames. Real-time safe: no allocation, no locks, no I/O.
+    pub fn process(&mut self, output: &mut [f32], channels: usize) -> Processed {
+        output.fill(0.0);
+        self.handle_commands();
+        let frames = output.len() / channels.max(1);
+        let mut offset = 0;
+        let mut set_ended_at = None;
+        while self.playing && offset < frames {
+            let Some(song) = self.current.as_mut() else {
+                self.playing = false;
+                break;
+            };
+            let rendered = song.mixer.render(&mut output[offset * channels..], channels, frames - offset);
+            song.position += rendered.frames as u64;
+            offset += rendered.frames;
+            if rendered.underrun_frames > 0 {
+                self.status
+                    .underrun_frames
+                    .fetch_add(rendered.underrun_frames as u64, Ordering::Relaxed);
+            }
+            if rendered.ended {
+                let finished_id = song.id;
+                let frames_played = song.position;
+                self.emit(Event::Finished {
+                    id: finished_id,
+                    frames: frames_played,
+                });
+                let done = self.current.take();
+                self.discard(done);
+                match self.queued.take() {
+                    Some(next) => {
+                        self.emit(Event::Started { id: next.id });
+                        self.current = Some(next);
+                    }
+                    None => {
+                        self.playing = false;
+                        set_ended_at = Some(offset);
+                        self.emit(Event::SetEnded);
+                    }
+                }
+            }
+        }
+        self.status.playing.store(self.playing, Ordering::Relaxed);
+        let (id, position) = self.current.as_ref().map_or((0, 0), |s| (s.id, s.position));
+        self.status.current_id.store(id, Ordering::Relaxed);
+        self.status.position.store(position, Ordering::Relaxed);
+        self.status.callbacks.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .frames_rendered
+            .fetch_add(frames as u64, Ordering::Relaxed);
+        Processed { set_ended_at }
+    }
+
+    fn handle_commands(&mut self) {
+        for _ in 0..COMMANDS_PER_CALLBACK {
+            let Ok(command) = self.commands.pop() else {
+                return;
+            };
+            match command {
+                Command::Load(song) => {
+                    let id = song.id;
+                    let old = self.current.replace(song);
+                    self.discard(old);
+                    if self.playing {
+                        self.emit(Event::Started { id });
+                    }
+                }
+                Command::Queue(song) => {
+                    let old = self.queued.replace(song);
+                    self.discard(old);
+                }
+                Command::Play => {
+                    if !self.playing {
+                        if let Some(song) = &self.current {
+                            self.playing = true;
+                            let id = song.id;
+                            self.emit(Event::Started { id });
+                        }
+                    }
+                }
+                Command::Stop => {
+                    self.playing = false;
+                    let old = self.current.take();
+                    let id = old.as_ref().map(|s| s.id);
+                    self.discard(old);
+                    self.emit(Event::Stopped { id });
+                }
+                Command::Advance => {
+                    if let Some(next) = self.queued.take() {
+                        let id = next.id;
+                        let old = self.current.replace(next);
+                        self.discard(old);
+                        if self.playing {
+                            self.emit(Event::Started { id });
+                        }
+                    }
+                }
+                Command::SetGain { stem, gain } => {
+                    if let Some(stem) = self.current.as_mut().and_then(|s| s.mixer.stems.get_mut(stem)) {
+                        stem.gain.set_target(gain);
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, event: Event) {
+        // A full event ring means the control thread is stuck; dropping an event is better
+        // than blocking the audio.
+        let _ = self.events.push(event);
+    }
+
+    fn discard(&mut self, song: Option<Box<PreparedSong>>) {
+        if let Some(song) = song {
+            if let Err(rtrb::PushError::Full(song)) = self.trash.push(song) {
+                // Never free on the RT thread: leak instead, and count it.
+                std::mem::forget(song);
+                self.status.leaked.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
