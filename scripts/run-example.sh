@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The main job: builds backline and plays the example show. On a machine with a sound card
+# it plays on the default device; without one it renders the show in real time to
+# example-out/show.wav. Either way it ends with the timing report.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+cargo build --release
+./target/release/backline check songs-example
+if [ -e /dev/snd ] && ls /dev/snd/pcmC* >/dev/null 2>&1; then
+  exec ./target/release/backline play songs-example "$@"
+else
+  mkdir -p example-out
+  echo "no sound card: rendering the show in real time to example-out/show.wav" >&2
+  exec ./target/release/backline play songs-example --output wav:example-out/show.wav "$@" </dev/null
+fi
