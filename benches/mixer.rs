@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backline::engine::mixer::{db_to_gain, routes_for, SongMixer, StemMix};
+use backline::engine::mixer::{db_to_gain, routes_for, PlanarBuffer, SongMixer, StemMix};
 use backline::media::StemStream;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -72,7 +72,7 @@ fn build(s: &Scenario, gains: Gains) -> (SongMixer, Vec<rtrb::Producer<f32>>) {
             )
         })
         .collect();
-    (SongMixer { stems }, producers)
+    (SongMixer::new(stems), producers)
 }
 
 fn refill(producers: &mut [rtrb::Producer<f32>], samples: &[f32]) {
@@ -92,6 +92,7 @@ fn mixer(c: &mut Criterion) {
             let samples: Vec<f32> = (0..FRAMES * scenario.channels)
                 .map(|n| ((n * 7919) % 2000) as f32 / 1000.0 - 1.0)
                 .collect();
+            let mut planar = PlanarBuffer::new(scenario.outputs);
             let mut output = vec![0.0f32; FRAMES * scenario.outputs];
             let id = BenchmarkId::from_parameter(format!("{}{suffix}", scenario.name));
             group.bench_function(id, |b| {
@@ -106,9 +107,12 @@ fn mixer(c: &mut Criterion) {
                                 stem.gain.set_target(target);
                             }
                         }
-                        output.fill(0.0);
+                        // Timed: clearing, mixing and interleaving to the device buffer,
+                        // as the audio callback does.
                         let start = Instant::now();
-                        let rendered = song.render(&mut output, scenario.outputs, FRAMES);
+                        planar.clear(FRAMES);
+                        let rendered = song.render(&mut planar, 0, FRAMES);
+                        planar.interleave_into(FRAMES, &mut output, |s| s);
                         total += start.elapsed();
                         std::hint::black_box(rendered);
                     }

@@ -34,7 +34,7 @@ fn song(id: u64, stems: usize, channels: usize, frames: usize) -> Box<PreparedSo
         .collect();
     Box::new(PreparedSong {
         id,
-        mixer: SongMixer { stems },
+        mixer: SongMixer::new(stems),
         position: 0,
     })
 }

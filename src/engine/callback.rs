@@ -7,10 +7,8 @@ use std::sync::Arc;
 
 use cpal::{FromSample, Sample};
 
+use super::mixer::{PlanarBuffer, MAX_BLOCK_FRAMES};
 use super::transport::{Processed, SharedStatus, Transport};
-
-/// Frames rendered per inner step when the device asks for more than the scratch holds.
-pub const MAX_BLOCK_FRAMES: usize = 4096;
 
 /// Nanoseconds on CLOCK_MONOTONIC (a vDSO call: no allocation, no lock).
 pub fn monotonic_ns() -> u64 {
@@ -40,7 +38,7 @@ pub struct CallbackTiming {
 /// The callback state every backend drives.
 pub struct AudioCallback {
     transport: Transport,
-    scratch: Vec<f32>,
+    scratch: PlanarBuffer,
     channels: usize,
     sample_rate: u32,
     last_start_ns: u64,
@@ -62,7 +60,7 @@ impl AudioCallback {
     ) -> Self {
         AudioCallback {
             transport,
-            scratch: vec![0.0; MAX_BLOCK_FRAMES * channels.max(1)],
+            scratch: PlanarBuffer::new(channels),
             channels: channels.max(1),
             sample_rate,
             last_start_ns: 0,
@@ -79,11 +77,13 @@ impl AudioCallback {
         let mut set_ended_at = None;
         let mut done = 0;
         for block in output.chunks_mut(MAX_BLOCK_FRAMES * self.channels) {
-            let processed = self.transport.process(block, self.channels);
+            let frames = block.len() / self.channels;
+            let processed = self.transport.process(&mut self.scratch, frames);
+            self.scratch.interleave_into(frames, block, |s| s);
             if let (None, Some(at)) = (set_ended_at, processed.set_ended_at) {
                 set_ended_at = Some(done + at);
             }
-            done += block.len() / self.channels;
+            done += frames;
         }
         self.end(start, output.len());
         Processed { set_ended_at }
@@ -93,11 +93,9 @@ impl AudioCallback {
     pub fn render<T: Sample + FromSample<f32>>(&mut self, output: &mut [T]) {
         let start = self.begin(output.len());
         for block in output.chunks_mut(MAX_BLOCK_FRAMES * self.channels) {
-            let scratch = &mut self.scratch[..block.len()];
-            self.transport.process(scratch, self.channels);
-            for (dst, &src) in block.iter_mut().zip(scratch.iter()) {
-                *dst = T::from_sample(src);
-            }
+            let frames = block.len() / self.channels;
+            self.transport.process(&mut self.scratch, frames);
+            self.scratch.interleave_into(frames, block, T::from_sample);
         }
         self.end(start, output.len());
     }

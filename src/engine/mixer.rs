@@ -109,35 +109,115 @@ pub fn routes_for(channels: usize, outputs: &[usize]) -> Vec<Route> {
     }
 }
 
-/// Adds `frames` frames of interleaved `input` (`in_channels` wide) into interleaved
-/// `output` (`out_channels` wide) along `routes`, applying `gain`.
+/// Most frames one render step handles; callers split longer device buffers.
+pub const MAX_BLOCK_FRAMES: usize = 4096;
+
+/// Distance between channels in a [`PlanarBuffer`]: one block plus a cache line, so that
+/// channels do not all fall into the same cache set (a power-of-two stride would).
+const CHANNEL_STRIDE: usize = MAX_BLOCK_FRAMES + 16;
+
+/// Output audio in planar form (one contiguous run per output channel), which keeps the
+/// mixing loops contiguous and vectorisable; it is interleaved once, while converting to
+/// the device format.
+pub struct PlanarBuffer {
+    data: Vec<f32>,
+    channels: usize,
+}
+
+impl PlanarBuffer {
+    /// A buffer of `channels` channels of [`MAX_BLOCK_FRAMES`] frames (allocate off the RT thread).
+    pub fn new(channels: usize) -> Self {
+        PlanarBuffer {
+            data: vec![0.0; channels.max(1) * CHANNEL_STRIDE],
+            channels: channels.max(1),
+        }
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Samples `offset..offset + frames` of one channel.
+    #[inline]
+    pub fn channel_mut(&mut self, channel: usize, offset: usize, frames: usize) -> &mut [f32] {
+        let start = channel * CHANNEL_STRIDE + offset;
+        &mut self.data[start..start + frames]
+    }
+
+    /// Samples `offset..offset + frames` of one channel.
+    #[inline]
+    pub fn channel(&self, channel: usize, offset: usize, frames: usize) -> &[f32] {
+        let start = channel * CHANNEL_STRIDE + offset;
+        &self.data[start..start + frames]
+    }
+
+    /// Zeroes the first `frames` frames of every channel.
+    pub fn clear(&mut self, frames: usize) {
+        for channel in 0..self.channels {
+            self.channel_mut(channel, 0, frames).fill(0.0);
+        }
+    }
+
+    /// Writes the first `frames` frames into an interleaved buffer, converting each sample.
+    #[inline]
+    pub fn interleave_into<T>(&self, frames: usize, output: &mut [T], convert: impl Fn(f32) -> T) {
+        let channels = self.channels;
+        for (frame, out) in output.chunks_exact_mut(channels).take(frames).enumerate() {
+            for (channel, dst) in out.iter_mut().enumerate() {
+                *dst = convert(self.data[channel * CHANNEL_STRIDE + frame]);
+            }
+        }
+    }
+}
+
+/// Adds `frames` frames of interleaved `input` (`in_channels` wide) along `routes` into
+/// `output` starting at frame `offset`, applying `gain`; `curve` is scratch for ramps.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub fn mix_into(
     input: &[f32],
     in_channels: usize,
     routes: &[Route],
     gain: &mut GainRamp,
-    output: &mut [f32],
-    out_channels: usize,
+    curve: &mut [f32],
+    output: &mut PlanarBuffer,
+    offset: usize,
+    frames: usize,
 ) {
-    let frames = (input.len() / in_channels).min(output.len() / out_channels);
-    if gain.remaining == 0 {
-        let g = gain.current;
-        for route in routes {
-            let w = route.weight * g;
-            let src = input[route.source..].iter().step_by(in_channels);
-            let dst = output[route.output..].iter_mut().step_by(out_channels);
-            for (d, s) in dst.zip(src).take(frames) {
-                *d += s * w;
-            }
+    let frames = frames.min(input.len() / in_channels);
+    let ramping = gain.remaining > 0;
+    if ramping {
+        for value in &mut curve[..frames] {
+            *value = gain.advance();
         }
-    } else {
-        for frame in 0..frames {
-            let g = gain.advance();
-            let in_frame = &input[frame * in_channels..(frame + 1) * in_channels];
-            let out_frame = &mut output[frame * out_channels..(frame + 1) * out_channels];
-            for route in routes {
-                out_frame[route.output] += in_frame[route.source] * route.weight * g;
+    }
+    let g = gain.current;
+    for route in routes {
+        if route.output >= output.channels() {
+            continue;
+        }
+        let dst = output.channel_mut(route.output, offset, frames);
+        match (ramping, in_channels) {
+            (false, 1) => {
+                let w = route.weight * g;
+                for (d, s) in dst.iter_mut().zip(&input[..frames]) {
+                    *d += s * w;
+                }
+            }
+            (false, _) => {
+                let w = route.weight * g;
+                let src = input[route.source..].iter().step_by(in_channels);
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += s * w;
+                }
+            }
+            (true, _) => {
+                let w = route.weight;
+                let src = input[route.source..].iter().step_by(in_channels);
+                for ((d, s), c) in dst.iter_mut().zip(src).zip(&curve[..frames]) {
+                    *d += s * w * c;
+                }
             }
         }
     }
@@ -166,8 +246,15 @@ impl StemMix {
         }
     }
 
-    /// Mixes up to `frames` frames into `output`. Returns (frames delivered, underrun frames).
-    fn mix(&mut self, output: &mut [f32], out_channels: usize, frames: usize) -> (usize, usize) {
+    /// Mixes up to `frames` frames into `output` from frame `offset`. Returns (frames
+    /// delivered, underrun frames).
+    fn mix(
+        &mut self,
+        output: &mut PlanarBuffer,
+        offset: usize,
+        frames: usize,
+        curve: &mut [f32],
+    ) -> (usize, usize) {
         let channels = self.stream.channels;
         // Pay back frames skipped during an earlier underrun first.
         if self.debt > 0 {
@@ -187,15 +274,17 @@ impl StemMix {
             if let Ok(chunk) = self.stream.ring.read_chunk(take * channels) {
                 let (first, second) = chunk.as_slices();
                 let first_frames = first.len() / channels;
-                mix_into(first, channels, &self.routes, &mut self.gain, output, out_channels);
+                mix_into(first, channels, &self.routes, &mut self.gain, curve, output, offset, first_frames);
                 if !second.is_empty() {
                     mix_into(
                         second,
                         channels,
                         &self.routes,
                         &mut self.gain,
-                        &mut output[first_frames * out_channels..],
-                        out_channels,
+                        curve,
+                        output,
+                        offset + first_frames,
+                        take - first_frames,
                     );
                 }
                 chunk.commit_all();
@@ -220,6 +309,7 @@ impl StemMix {
 pub struct SongMixer {
     /// The stems.
     pub stems: Vec<StemMix>,
+    curve: Vec<f32>,
 }
 
 /// What one call of [`SongMixer::render`] did.
@@ -234,12 +324,22 @@ pub struct Rendered {
 }
 
 impl SongMixer {
-    /// Adds up to `frames` frames of the song into `output` (which the caller zeroed).
-    pub fn render(&mut self, output: &mut [f32], out_channels: usize, frames: usize) -> Rendered {
+    /// A song's mixer (allocates its scratch: build it off the RT thread).
+    pub fn new(stems: Vec<StemMix>) -> Self {
+        SongMixer {
+            stems,
+            curve: vec![0.0; MAX_BLOCK_FRAMES],
+        }
+    }
+
+    /// Adds up to `frames` frames (at most [`MAX_BLOCK_FRAMES`] − `offset`) of the song into
+    /// `output` from frame `offset` (the caller zeroed it).
+    pub fn render(&mut self, output: &mut PlanarBuffer, offset: usize, frames: usize) -> Rendered {
+        let frames = frames.min(MAX_BLOCK_FRAMES - offset.min(MAX_BLOCK_FRAMES));
         let mut longest = 0;
         let mut underrun_frames = 0;
         for stem in &mut self.stems {
-            let (delivered, missing) = stem.mix(output, out_channels, frames);
+            let (delivered, missing) = stem.mix(output, offset, frames, &mut self.curve);
             longest = longest.max(delivered);
             underrun_frames += missing;
         }
@@ -271,11 +371,13 @@ mod tests {
         let mut gain = GainRamp::new(1.0);
         gain.set_target(0.0);
         let input = vec![1.0f32; 1000];
-        let mut output = vec![0.0f32; 1000];
-        mix_into(&input, 1, &routes_for(1, &[0]), &mut gain, &mut output, 1);
-        let biggest_step = output.windows(2).map(|w| (w[0] - w[1]).abs()).fold(0.0, f32::max);
+        let mut output = PlanarBuffer::new(1);
+        let mut curve = vec![0.0; MAX_BLOCK_FRAMES];
+        mix_into(&input, 1, &routes_for(1, &[0]), &mut gain, &mut curve, &mut output, 0, 1000);
+        let out = output.channel(0, 0, 1000);
+        let biggest_step = out.windows(2).map(|w| (w[0] - w[1]).abs()).fold(0.0, f32::max);
         assert!(biggest_step <= 1.0 / GAIN_RAMP_FRAMES as f32 + 1e-6);
-        assert_eq!(output[999], 0.0);
+        assert_eq!(out[999], 0.0);
         assert_eq!(gain.current(), 0.0);
     }
 

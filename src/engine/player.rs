@@ -522,7 +522,7 @@ impl Player {
         );
         Ok(Box::new(PreparedSong {
             id,
-            mixer: SongMixer { stems },
+            mixer: SongMixer::new(stems),
             position: 0,
         }))
     }

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::mixer::SongMixer;
+use super::mixer::{PlanarBuffer, SongMixer, MAX_BLOCK_FRAMES};
 
 /// A song ready to play: its mixer plus identity and length.
 pub struct PreparedSong {
@@ -145,12 +145,12 @@ pub struct Processed {
 }
 
 impl Transport {
-    /// Fills `output` (interleaved, `channels` wide) with the next `output.len() / channels`
-    /// frames. Real-time safe: no allocation, no locks, no I/O.
-    pub fn process(&mut self, output: &mut [f32], channels: usize) -> Processed {
-        output.fill(0.0);
+    /// Fills the first `frames` frames (at most [`MAX_BLOCK_FRAMES`]) of `output`.
+    /// Real-time safe: no allocation, no locks, no I/O.
+    pub fn process(&mut self, output: &mut PlanarBuffer, frames: usize) -> Processed {
+        let frames = frames.min(MAX_BLOCK_FRAMES);
+        output.clear(frames);
         self.handle_commands();
-        let frames = output.len() / channels.max(1);
         let mut offset = 0;
         let mut set_ended_at = None;
         while self.playing && offset < frames {
@@ -158,7 +158,7 @@ impl Transport {
                 self.playing = false;
                 break;
             };
-            let rendered = song.mixer.render(&mut output[offset * channels..], channels, frames - offset);
+            let rendered = song.mixer.render(output, offset, frames - offset);
             song.position += rendered.frames as u64;
             offset += rendered.frames;
             if rendered.underrun_frames > 0 {
