@@ -87,7 +87,11 @@ fn refill(producers: &mut [rtrb::Producer<f32>], samples: &[f32]) {
 fn mixer(c: &mut Criterion) {
     let mut group = c.benchmark_group("mixer");
     for scenario in &SCENARIOS {
-        for (suffix, gains) in [("", Gains::Unity), ("_gains", Gains::Constant), ("_ramp", Gains::Ramp)] {
+        for (suffix, gains) in [
+            ("", Gains::Unity),
+            ("_gains", Gains::Constant),
+            ("_ramp", Gains::Ramp),
+        ] {
             let (mut song, mut producers) = build(scenario, gains);
             let samples: Vec<f32> = (0..FRAMES * scenario.channels)
                 .map(|n| ((n * 7919) % 2000) as f32 / 1000.0 - 1.0)
@@ -102,7 +106,11 @@ fn mixer(c: &mut Criterion) {
                         refill(&mut producers, &samples);
                         if let Gains::Ramp = gains {
                             // A new target every buffer: the ramp runs during the whole buffer.
-                            let target = if i % 2 == 0 { db_to_gain(-12.0) } else { db_to_gain(-6.0) };
+                            let target = if i % 2 == 0 {
+                                db_to_gain(-12.0)
+                            } else {
+                                db_to_gain(-6.0)
+                            };
                             for stem in &mut song.stems {
                                 stem.gain.set_target(target);
                             }

@@ -4,9 +4,10 @@
 //! `media` (decode, resample, prefetch), `engine` (transport, mixer, outputs), `timing`
 //! (tempo maps), `rt` (real-time scheduling), `stats` (measurements).
 
-pub mod library;
 pub mod cli;
 pub mod engine;
+pub mod library;
 pub mod media;
 pub mod rt;
+pub mod stats;
 pub mod timing;

@@ -14,7 +14,11 @@ use backline::engine::output;
 use backline::library::Show;
 
 #[derive(Parser)]
-#[command(name = "backline", version, about = "Plays the backing tracks of a live show: stems, MIDI and a beat clock, in real time")]
+#[command(
+    name = "backline",
+    version,
+    about = "Plays the backing tracks of a live show: stems, MIDI and a beat clock, in real time"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
@@ -87,7 +91,14 @@ fn main() -> ExitCode {
             playlist,
             system,
             quick,
-        } => run_check(&target, &CheckOptions { playlist, system, quick }),
+        } => run_check(
+            &target,
+            &CheckOptions {
+                playlist,
+                system,
+                quick,
+            },
+        ),
         Command::Devices => {
             for line in output::list_devices() {
                 println!("{line}");

@@ -170,10 +170,16 @@ impl TempoMap {
                     midly::TrackEventKind::Meta(midly::MetaMessage::Tempo(us)) => {
                         tempos.push((tick, us.as_int().max(1)));
                     }
-                    midly::TrackEventKind::Meta(midly::MetaMessage::TimeSignature(n, d, _, _)) => {
-                        if n > 0 && d < 6 {
-                            meters.push((tick, TimeSignature { beats: n, note_value: 1 << d }));
-                        }
+                    midly::TrackEventKind::Meta(midly::MetaMessage::TimeSignature(n, d, _, _))
+                        if n > 0 && d < 6 =>
+                    {
+                        meters.push((
+                            tick,
+                            TimeSignature {
+                                beats: n,
+                                note_value: 1 << d,
+                            },
+                        ));
                     }
                     _ => {}
                 }
@@ -284,6 +290,29 @@ impl TempoMap {
     }
 }
 
+/// Sleeps until `deadline_ns` on CLOCK_MONOTONIC with an absolute deadline, so lateness of
+/// one wake-up never shifts the next (no cumulative drift). Real-time safe.
+pub fn sleep_until_ns(deadline_ns: u64) {
+    let deadline = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    loop {
+        // SAFETY: clock_nanosleep reads the timespec and writes nothing when remain is null.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &deadline,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != libc::EINTR {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,9 +339,18 @@ mod tests {
     fn ramp_matches_songs_example_formula() {
         // Downbeats documented in songs-example/songs/02-tempo-change/song.yaml.
         let map = example_ramp();
-        for (beat, seconds) in [(0.0, 0.5), (16.0, 10.1), (20.0, 12.287859), (24.0, 14.137667), (28.0, 15.851953)] {
+        for (beat, seconds) in [
+            (0.0, 0.5),
+            (16.0, 10.1),
+            (20.0, 12.287859),
+            (24.0, 14.137667),
+            (28.0, 15.851953),
+        ] {
             let got = map.seconds_at_beat(beat);
-            assert!((got - seconds).abs() < 1e-5, "beat {beat}: {got} vs {seconds}");
+            assert!(
+                (got - seconds).abs() < 1e-5,
+                "beat {beat}: {got} vs {seconds}"
+            );
             assert!((map.beat_at_seconds(seconds) - beat).abs() < 1e-5);
         }
         assert!((map.bpm_at_seconds(12.287859) - 120.0).abs() < 1e-3);
@@ -355,28 +393,5 @@ mod tests {
         let map = TempoMap::from_midi_file(&bytes).expect("metrical file");
         assert!((map.bpm_at_seconds(1.0) - 110.0).abs() < 0.01);
         assert!(TempoMap::from_midi_file(b"garbage").is_none());
-    }
-}
-
-/// Sleeps until `deadline_ns` on CLOCK_MONOTONIC with an absolute deadline, so lateness of
-/// one wake-up never shifts the next (no cumulative drift). Real-time safe.
-pub fn sleep_until_ns(deadline_ns: u64) {
-    let deadline = libc::timespec {
-        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
-    };
-    loop {
-        // SAFETY: clock_nanosleep reads the timespec and writes nothing when remain is null.
-        let rc = unsafe {
-            libc::clock_nanosleep(
-                libc::CLOCK_MONOTONIC,
-                libc::TIMER_ABSTIME,
-                &deadline,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != libc::EINTR {
-            return;
-        }
     }
 }

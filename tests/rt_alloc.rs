@@ -102,7 +102,10 @@ fn audio_callback_never_allocates() {
             Event::Started { id: 3 },
             Event::Stopped { id: Some(3) },
             Event::Started { id: 4 },
-            Event::Finished { id: 4, frames: 20_000 },
+            Event::Finished {
+                id: 4,
+                frames: 20_000
+            },
             Event::SetEnded,
         ]
     );
@@ -110,6 +113,9 @@ fn audio_callback_never_allocates() {
     while control.trash.pop().is_ok() {
         returned += 1;
     }
-    assert_eq!(returned, 4, "every song comes back to be dropped off the RT thread");
+    assert_eq!(
+        returned, 4,
+        "every song comes back to be dropped off the RT thread"
+    );
     assert_eq!(control.status.leaked.load(Ordering::Relaxed), 0);
 }

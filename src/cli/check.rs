@@ -49,7 +49,9 @@ pub fn check_show(show: &Show, options: &CheckOptions) -> CheckReport {
         Err(e) => report.errors.push(e),
     }
     for playlist in &show.library.playlists {
-        report.errors.extend(show.library.resolve_playlist(playlist).missing);
+        report
+            .errors
+            .extend(show.library.resolve_playlist(playlist).missing);
     }
     // Track mappings naming tracks no song has.
     let all_tracks: BTreeSet<&str> = show
@@ -100,7 +102,9 @@ fn decode_files(files: &[PathBuf], quick: bool) -> Vec<(PathBuf, DecodeResult)> 
     bar.set_prefix(if quick { "reading headers" } else { "decoding" });
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::with_capacity(files.len()));
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
@@ -108,7 +112,11 @@ fn decode_files(files: &[PathBuf], quick: bool) -> Vec<(PathBuf, DecodeResult)> 
                 let Some(file) = files.get(index) else {
                     return;
                 };
-                bar.set_message(file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+                bar.set_message(
+                    file.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
                 let result = if quick {
                     media::probe(file).map(|info| (info, None))
                 } else {
@@ -125,7 +133,12 @@ fn decode_files(files: &[PathBuf], quick: bool) -> Vec<(PathBuf, DecodeResult)> 
     results.into_inner().unwrap_or_default()
 }
 
-fn check_song(song: &Song, show: &Show, results: &[(PathBuf, DecodeResult)], report: &mut CheckReport) {
+fn check_song(
+    song: &Song,
+    show: &Show,
+    results: &[(PathBuf, DecodeResult)],
+    report: &mut CheckReport,
+) {
     let config = &show.config;
     let text = std::fs::read_to_string(&song.source).unwrap_or_default();
     let rate = config.audio.sample_rate;
@@ -135,7 +148,10 @@ fn check_song(song: &Song, show: &Show, results: &[(PathBuf, DecodeResult)], rep
         let Some((_, result)) = results.iter().find(|(f, _)| *f == track.file) else {
             continue;
         };
-        let nth = song.tracks[..index].iter().filter(|t| t.file == track.file).count();
+        let nth = song.tracks[..index]
+            .iter()
+            .filter(|t| t.file == track.file)
+            .count();
         match result {
             Err(e) => {
                 failed = true;
@@ -175,7 +191,9 @@ fn check_song(song: &Song, show: &Show, results: &[(PathBuf, DecodeResult)], rep
                         info.sample_rate
                     ));
                 }
-                let length = frames.or(info.frames).map_or(0.0, |f| f as f64 / f64::from(info.sample_rate));
+                let length = frames
+                    .or(info.frames)
+                    .map_or(0.0, |f| f as f64 / f64::from(info.sample_rate));
                 longest = longest.max(length);
             }
         }
@@ -183,7 +201,10 @@ fn check_song(song: &Song, show: &Show, results: &[(PathBuf, DecodeResult)], rep
             report.warnings.push(Diagnostic::at(
                 &song.source,
                 locate(&text, "name", Some(&track.name), 0),
-                format!("track `{}` is not in track_mappings: it will not be heard", track.name),
+                format!(
+                    "track `{}` is not in track_mappings: it will not be heard",
+                    track.name
+                ),
             ));
         }
         for &output in &config.outputs_for(&track.name) {
@@ -199,7 +220,12 @@ fn check_song(song: &Song, show: &Show, results: &[(PathBuf, DecodeResult)], rep
                 failed = true;
                 report.errors.push(Diagnostic::at(
                     &song.source,
-                    locate(&text, "file", midi.file.file_name().and_then(|n| n.to_str()), 0),
+                    locate(
+                        &text,
+                        "file",
+                        midi.file.file_name().and_then(|n| n.to_str()),
+                        0,
+                    ),
                     format!("MIDI file {}: cannot read: {e}", file_name(&midi.file)),
                 ));
                 "no beat clock".into()
@@ -226,7 +252,10 @@ fn check_song(song: &Song, show: &Show, results: &[(PathBuf, DecodeResult)], rep
             if let Ok(bytes) = std::fs::read(&midi.file) {
                 if let Err(e) = midly::Smf::parse(&bytes) {
                     failed = true;
-                    report.errors.push(Diagnostic::file(&midi.file, format!("not a valid Standard MIDI File: {e}")));
+                    report.errors.push(Diagnostic::file(
+                        &midi.file,
+                        format!("not a valid Standard MIDI File: {e}"),
+                    ));
                 }
             }
         }
@@ -241,7 +270,9 @@ fn check_song(song: &Song, show: &Show, results: &[(PathBuf, DecodeResult)], rep
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// What real-time scheduling would give, without starting playback.
@@ -253,13 +284,22 @@ pub fn system_report(show: &Show, settings: &rt::RtSettings) -> Vec<String> {
         lines.push("real-time: off (--no-rt / realtime: false)".into());
         return lines;
     }
-    for (role, priority) in [(Role::Audio, settings.audio_priority), (Role::Clock, settings.clock_priority)] {
+    for (role, priority) in [
+        (Role::Audio, settings.audio_priority),
+        (Role::Clock, settings.clock_priority),
+    ] {
         lines.push(match summary.predict(priority) {
             Ok(via) => format!("{role}: would run SCHED_FIFO {priority} ({via:?})"),
             Err(reason) => format!(
                 "{role}: would run at normal priority: {} — {}",
                 reason.phrase(priority),
-                reason.remedy(role, priority, &std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "backline".into()))
+                reason.remedy(
+                    role,
+                    priority,
+                    &std::env::current_exe()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "backline".into())
+                )
             ),
         });
     }

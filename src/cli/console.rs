@@ -94,7 +94,10 @@ pub fn status_line(status: &StatusSnapshot, audio_role: Role) -> String {
     } else {
         "■"
     };
-    let length = status.length_seconds.map(clock).unwrap_or_else(|| "?:??".into());
+    let length = status
+        .length_seconds
+        .map(clock)
+        .unwrap_or_else(|| "?:??".into());
     let tempo = status
         .bpm
         .map(|b| format!("{b:.1} BPM"))
@@ -136,8 +139,14 @@ impl StatusSink for StatusLine {
             return;
         }
         self.last_draw = Instant::now();
-        let width = terminal::size().map(|(w, _)| usize::from(w)).unwrap_or(120).max(20);
-        let line: String = status_line(status, self.audio_role).chars().take(width - 1).collect();
+        let width = terminal::size()
+            .map(|(w, _)| usize::from(w))
+            .unwrap_or(120)
+            .max(20);
+        let line: String = status_line(status, self.audio_role)
+            .chars()
+            .take(width - 1)
+            .collect();
         let mut out = std::io::stdout();
         let _ = write!(out, "\r\x1b[2K{line}");
         let _ = out.flush();
@@ -186,6 +195,11 @@ mod tests {
             },
             Role::Audio,
         );
-        assert!(line.starts_with("▶ 2/3 Tempo Change  1:12/3:16  120.0 BPM  jack:backline_out  xruns 1  RT "), "{line}");
+        assert!(
+            line.starts_with(
+                "▶ 2/3 Tempo Change  1:12/3:16  120.0 BPM  jack:backline_out  xruns 1  RT "
+            ),
+            "{line}"
+        );
     }
 }

@@ -23,7 +23,10 @@ pub fn init(level: &str, raw_terminal: bool) {
     let result = if raw_terminal {
         builder.with_writer(RawTerminalWriter).try_init()
     } else if under_systemd() {
-        builder.without_time().with_writer(std::io::stderr).try_init()
+        builder
+            .without_time()
+            .with_writer(std::io::stderr)
+            .try_init()
     } else {
         builder.with_writer(std::io::stderr).try_init()
     };

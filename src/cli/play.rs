@@ -16,6 +16,7 @@ use crate::engine::render::{wav_path, RenderSettings, WavRender};
 use crate::engine::{transport, AudioCallback, FirstCallbackHook, Player, RunSummary};
 use crate::library::Show;
 use crate::rt::{self, CpuSet, Role, RtSettings};
+use crate::stats::{StatsCollector, TimingReport};
 
 /// Options of `backline play`.
 #[derive(Debug, Clone, Default)]
@@ -90,7 +91,10 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         error!("{missing}");
     }
     if setlist.songs.is_empty() {
-        error!("nothing to play: the setlist `{}` has no loadable song", setlist.name);
+        error!(
+            "nothing to play: the setlist `{}` has no loadable song",
+            setlist.name
+        );
         return 1;
     }
     info!("setlist `{}`: {} songs", setlist.name, setlist.songs.len());
@@ -123,10 +127,18 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         },
     };
     let (rate, channels, description) = match &chosen {
-        Some(c) => (c.opened.sample_rate, c.opened.channels, c.opened.description.clone()),
+        Some(c) => (
+            c.opened.sample_rate,
+            c.opened.channels,
+            c.opened.description.clone(),
+        ),
         None => (request.sample_rate, request.channels, device.clone()),
     };
-    let role = if wav.is_some() { Role::Render } else { Role::Audio };
+    let role = if wav.is_some() {
+        Role::Render
+    } else {
+        Role::Audio
+    };
     let promote: FirstCallbackHook = Box::new(move || {
         rt::prefault_stack();
         rt::promote_current_thread(role, &settings, &probe);
@@ -145,7 +157,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         return 1;
     }
 
-    let (timing_tx, _timing_rx) = rtrb::RingBuffer::new(4096);
+    let (stats, timing_tx) = StatsCollector::start();
     let callback = AudioCallback::new(
         transport,
         status.clone(),
@@ -178,7 +190,9 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             )
             .map(Running::Wav)
         }
-        (None, Some(chosen)) => output::start(chosen, callback, status.clone()).map(Running::Device),
+        (None, Some(chosen)) => {
+            output::start(chosen, callback, status.clone()).map(Running::Device)
+        }
         (None, None) => Err("no output chosen".to_string()),
     };
     let running = match running {
@@ -197,7 +211,9 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         opened.description,
         opened.channels,
         opened.sample_rate,
-        opened.buffer_size.map_or("default".to_string(), |b| b.to_string()),
+        opened
+            .buffer_size
+            .map_or("default".to_string(), |b| b.to_string()),
         opened.sample_format
     );
     if settings.enabled {
@@ -245,12 +261,23 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             drop(device);
         }
     }
+    let xruns = status.xruns.load(std::sync::atomic::Ordering::Relaxed);
     info!(
-        "done: {} started, {} finished, {} skipped, {} xruns",
-        summary.started,
-        summary.finished,
-        summary.skipped,
-        status.xruns.load(std::sync::atomic::Ordering::Relaxed)
+        "done: {} started, {} finished, {} skipped, {xruns} xruns",
+        summary.started, summary.finished, summary.skipped,
     );
+    let figures = stats.finish();
+    let period_frames = opened.buffer_size.unwrap_or(show.config.audio.buffer_size);
+    let report = TimingReport {
+        figures: &figures,
+        period_ns: i64::from(period_frames) * 1_000_000_000 / i64::from(rate.max(1)),
+        xruns,
+    };
+    println!("{report}");
+    for role in [Role::Audio, Role::Render, Role::Clock] {
+        if let Some(rt) = rt::report(role) {
+            println!("real-time: {rt}");
+        }
+    }
     0
 }

@@ -9,6 +9,7 @@ use cpal::{FromSample, Sample};
 
 use super::mixer::{PlanarBuffer, MAX_BLOCK_FRAMES};
 use super::transport::{Processed, SharedStatus, Transport};
+use crate::stats::{Metric, SampleSender};
 
 /// Nanoseconds on CLOCK_MONOTONIC (a vDSO call: no allocation, no lock).
 pub fn monotonic_ns() -> u64 {
@@ -24,17 +25,6 @@ pub fn monotonic_ns() -> u64 {
 /// Run once on the audio thread's first callback (real-time promotion). Must not allocate.
 pub type FirstCallbackHook = Box<dyn FnMut() + Send>;
 
-/// One timing sample of the audio callback, sent to the stats thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallbackTiming {
-    /// Time since the previous callback minus the nominal period, in ns.
-    pub interval_error_ns: i64,
-    /// Time spent in the callback, in ns.
-    pub busy_ns: i64,
-    /// The nominal period, in ns.
-    pub period_ns: i64,
-}
-
 /// The callback state every backend drives.
 pub struct AudioCallback {
     transport: Transport,
@@ -44,7 +34,7 @@ pub struct AudioCallback {
     last_start_ns: u64,
     on_first_call: Option<FirstCallbackHook>,
     first_call_done: bool,
-    timings: Option<rtrb::Producer<CallbackTiming>>,
+    timings: Option<SampleSender>,
     status: Arc<SharedStatus>,
 }
 
@@ -56,7 +46,7 @@ impl AudioCallback {
         channels: usize,
         sample_rate: u32,
         on_first_call: Option<FirstCallbackHook>,
-        timings: Option<rtrb::Producer<CallbackTiming>>,
+        timings: Option<SampleSender>,
     ) -> Self {
         AudioCallback {
             transport,
@@ -124,13 +114,11 @@ impl AudioCallback {
         if let Some(timings) = self.timings.as_mut() {
             if self.last_start_ns != 0 {
                 let interval = start.saturating_sub(self.last_start_ns) as i64;
-                let sample = CallbackTiming {
-                    interval_error_ns: interval - period_ns,
-                    busy_ns: monotonic_ns().saturating_sub(start) as i64,
-                    period_ns,
-                };
-                // A full ring drops the sample; never block the audio.
-                let _ = timings.push(sample);
+                timings.send(Metric::AudioIntervalError, (interval - period_ns).abs());
+                timings.send(
+                    Metric::AudioBusy,
+                    monotonic_ns().saturating_sub(start) as i64,
+                );
             }
         }
         self.last_start_ns = start;

@@ -274,7 +274,16 @@ impl StemMix {
             if let Ok(chunk) = self.stream.ring.read_chunk(take * channels) {
                 let (first, second) = chunk.as_slices();
                 let first_frames = first.len() / channels;
-                mix_into(first, channels, &self.routes, &mut self.gain, curve, output, offset, first_frames);
+                mix_into(
+                    first,
+                    channels,
+                    &self.routes,
+                    &mut self.gain,
+                    curve,
+                    output,
+                    offset,
+                    first_frames,
+                );
                 if !second.is_empty() {
                     mix_into(
                         second,
@@ -290,7 +299,10 @@ impl StemMix {
                 chunk.commit_all();
             }
         }
-        let finished = self.stream.finished.load(std::sync::atomic::Ordering::Acquire);
+        let finished = self
+            .stream
+            .finished
+            .load(std::sync::atomic::Ordering::Acquire);
         if take < frames && !(finished && self.stream.ring.is_empty()) {
             // The loader is late: play silence for this stem and skip as much later.
             let missing = frames - take;
@@ -373,9 +385,21 @@ mod tests {
         let input = vec![1.0f32; 1000];
         let mut output = PlanarBuffer::new(1);
         let mut curve = vec![0.0; MAX_BLOCK_FRAMES];
-        mix_into(&input, 1, &routes_for(1, &[0]), &mut gain, &mut curve, &mut output, 0, 1000);
+        mix_into(
+            &input,
+            1,
+            &routes_for(1, &[0]),
+            &mut gain,
+            &mut curve,
+            &mut output,
+            0,
+            1000,
+        );
         let out = output.channel(0, 0, 1000);
-        let biggest_step = out.windows(2).map(|w| (w[0] - w[1]).abs()).fold(0.0, f32::max);
+        let biggest_step = out
+            .windows(2)
+            .map(|w| (w[0] - w[1]).abs())
+            .fold(0.0, f32::max);
         assert!(biggest_step <= 1.0 / GAIN_RAMP_FRAMES as f32 + 1e-6);
         assert_eq!(out[999], 0.0);
         assert_eq!(gain.current(), 0.0);

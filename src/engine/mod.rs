@@ -8,6 +8,6 @@ pub mod player;
 pub mod render;
 pub mod transport;
 
-pub use callback::{AudioCallback, CallbackTiming, FirstCallbackHook};
+pub use callback::{AudioCallback, FirstCallbackHook};
 pub use player::{Player, Request, RunSummary, StatusSink, StatusSnapshot};
 pub use transport::{transport, Command, Event, PreparedSong, SharedStatus, TransportControl};

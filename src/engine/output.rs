@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
-use cpal::{SampleFormat, SizedSample, FromSample, StreamConfig};
+use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
 
 use super::callback::AudioCallback;
 use super::transport::SharedStatus;
@@ -81,8 +81,10 @@ pub fn choose(request: &OutputRequest) -> Result<ChosenOutput, String> {
     let rate_fits = |c: &cpal::SupportedStreamConfigRange| {
         c.min_sample_rate().0 <= request.sample_rate && request.sample_rate <= c.max_sample_rate().0
     };
-    let with_channels: Vec<&cpal::SupportedStreamConfigRange> =
-        configs.iter().filter(|c| c.channels() == channels).collect();
+    let with_channels: Vec<&cpal::SupportedStreamConfigRange> = configs
+        .iter()
+        .filter(|c| c.channels() == channels)
+        .collect();
     let preference = [SampleFormat::F32, SampleFormat::I32, SampleFormat::I16];
     let chosen = preference
         .iter()
@@ -92,17 +94,23 @@ pub fn choose(request: &OutputRequest) -> Result<ChosenOutput, String> {
                 .find(|c| c.sample_format() == *format && rate_fits(c))
         })
         .or_else(|| {
-            preference.iter().find_map(|format| {
-                with_channels.iter().find(|c| c.sample_format() == *format)
-            })
+            preference
+                .iter()
+                .find_map(|format| with_channels.iter().find(|c| c.sample_format() == *format))
         })
         .ok_or_else(|| {
-            format!("output device `{name}` supports none of f32, i32, i16 with {channels} channels")
+            format!(
+                "output device `{name}` supports none of f32, i32, i16 with {channels} channels"
+            )
         })?;
     let sample_rate = if rate_fits(chosen) {
         request.sample_rate
     } else {
-        chosen.max_sample_rate().0.min(48_000).max(chosen.min_sample_rate().0)
+        chosen
+            .max_sample_rate()
+            .0
+            .min(48_000)
+            .max(chosen.min_sample_rate().0)
     };
     let buffer_size = match chosen.buffer_size() {
         cpal::SupportedBufferSize::Range { min, max }
@@ -158,10 +166,17 @@ fn find_device(wanted: &str) -> Result<(String, cpal::Device), String> {
         names.iter().position(|n| n.to_lowercase().contains(&lower))
     };
     match exact.or_else(partial) {
-        Some(index) => Ok((host_name, devices.into_iter().nth(index).ok_or("device vanished")?)),
+        Some(index) => Ok((
+            host_name,
+            devices.into_iter().nth(index).ok_or("device vanished")?,
+        )),
         None => Err(format!(
             "no output device named `{wanted}`. Devices found: {}",
-            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
         )),
     }
 }
@@ -185,7 +200,11 @@ fn jack_device(_wanted: &str) -> Result<(String, cpal::Device), String> {
 }
 
 /// Opens the device and starts the callback on it.
-pub fn start(chosen: ChosenOutput, callback: AudioCallback, status: Arc<SharedStatus>) -> Result<CpalOutput, String> {
+pub fn start(
+    chosen: ChosenOutput,
+    callback: AudioCallback,
+    status: Arc<SharedStatus>,
+) -> Result<CpalOutput, String> {
     let ChosenOutput {
         device,
         config,

@@ -276,7 +276,11 @@ impl Player {
         self.send(Command::Stop);
         self.playing = false;
         // Reload the same song from the top so "play" starts it instantly.
-        if let Some(index) = self.current.and_then(|id| self.prepared.get(&id)).map(|i| i.index) {
+        if let Some(index) = self
+            .current
+            .and_then(|id| self.prepared.get(&id))
+            .map(|i| i.index)
+        {
             if let Some((_, song)) = self.prepare_from(index, 1) {
                 let id = song.id;
                 self.wait_preroll(&song);
@@ -303,7 +307,11 @@ impl Player {
     }
 
     fn previous(&mut self) {
-        let Some(index) = self.current.and_then(|id| self.prepared.get(&id)).map(|i| i.index) else {
+        let Some(index) = self
+            .current
+            .and_then(|id| self.prepared.get(&id))
+            .map(|i| i.index)
+        else {
             return;
         };
         if index == 0 {
@@ -323,7 +331,11 @@ impl Player {
     }
 
     fn set_gain(&mut self, track: &str, db: f32) {
-        let Some(index) = self.current.and_then(|id| self.prepared.get(&id)).map(|i| i.index) else {
+        let Some(index) = self
+            .current
+            .and_then(|id| self.prepared.get(&id))
+            .map(|i| i.index)
+        else {
             return;
         };
         let Some(song) = self.setlist.songs.get(index) else {
@@ -345,8 +357,16 @@ impl Player {
 
     /// Queues the song after `index` (or `index` itself when the song loops).
     fn queue_after(&mut self, index: usize) {
-        let looping = self.setlist.songs.get(index).is_some_and(|s| s.loop_playback);
-        let next = if looping { Some(index) } else { index.checked_add(1) };
+        let looping = self
+            .setlist
+            .songs
+            .get(index)
+            .is_some_and(|s| s.loop_playback);
+        let next = if looping {
+            Some(index)
+        } else {
+            index.checked_add(1)
+        };
         self.queued = None;
         if let Some(start) = next.filter(|&i| i < self.setlist.songs.len()) {
             if let Some((_, song)) = self.prepare_from(start, 1) {
@@ -390,7 +410,11 @@ impl Player {
                 }
                 Event::Finished { id, frames } => {
                     self.summary.finished += 1;
-                    if let Some(song) = self.prepared.get(&id).and_then(|i| self.setlist.songs.get(i.index)) {
+                    if let Some(song) = self
+                        .prepared
+                        .get(&id)
+                        .and_then(|i| self.setlist.songs.get(i.index))
+                    {
                         info!(
                             "song finished: {} ({:.2} s played)",
                             song.name,
@@ -481,7 +505,9 @@ impl Player {
     fn prepare(&mut self, index: usize) -> Result<Box<PreparedSong>, Diagnostic> {
         let song = &self.setlist.songs[index];
         let config = &self.config;
-        let streams = media::open_song(song, self.device_rate, |name| !config.outputs_for(name).is_empty())?;
+        let streams = media::open_song(song, self.device_rate, |name| {
+            !config.outputs_for(name).is_empty()
+        })?;
         let mut stems = Vec::with_capacity(streams.stems.len());
         for stream in streams.stems {
             let outputs: Vec<usize> = config
@@ -489,7 +515,11 @@ impl Player {
                 .into_iter()
                 .map(|o| usize::from(o) - 1)
                 .collect();
-            let usable: Vec<usize> = outputs.iter().copied().filter(|&o| o < self.out_channels).collect();
+            let usable: Vec<usize> = outputs
+                .iter()
+                .copied()
+                .filter(|&o| o < self.out_channels)
+                .collect();
             if usable.len() < outputs.len() && self.warned_routes.insert(stream.name.clone()) {
                 warn!(
                     "track `{}` is routed to output {} but the device has {} outputs: those routes are silent",
@@ -499,18 +529,24 @@ impl Player {
                 );
             }
             let routes = routes_for(stream.channels, &usable);
-            let gain = db_to_gain(config.audio.track_gains.get(&stream.name).copied().unwrap_or(0.0));
+            let gain = db_to_gain(
+                config
+                    .audio
+                    .track_gains
+                    .get(&stream.name)
+                    .copied()
+                    .unwrap_or(0.0),
+            );
             stems.push(StemMix::new(stream, routes, gain));
         }
-        if !self.tempo_maps.contains_key(&index) {
-            let map = song.tempo.as_ref().map(TempoMap::from_spec).or_else(|| {
+        self.tempo_maps.entry(index).or_insert_with(|| {
+            song.tempo.as_ref().map(TempoMap::from_spec).or_else(|| {
                 song.midi_playback
                     .as_ref()
                     .and_then(|m| std::fs::read(&m.file).ok())
                     .and_then(|bytes| TempoMap::from_midi_file(&bytes))
-            });
-            self.tempo_maps.insert(index, map);
-        }
+            })
+        });
         let id = self.next_id;
         self.next_id += 1;
         self.prepared.insert(

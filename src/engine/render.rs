@@ -47,7 +47,10 @@ pub struct RenderSettings {
 
 impl WavRender {
     /// Creates the file and starts the timer and writer threads.
-    pub fn start(settings: RenderSettings, mut callback: AudioCallback) -> Result<WavRender, String> {
+    pub fn start(
+        settings: RenderSettings,
+        mut callback: AudioCallback,
+    ) -> Result<WavRender, String> {
         let spec = hound::WavSpec {
             channels: settings.channels,
             sample_rate: settings.sample_rate,
@@ -58,8 +61,9 @@ impl WavRender {
             .map_err(|e| format!("cannot create {}: {e}", settings.path.display()))?;
         let channels = usize::from(settings.channels);
         let period = settings.period_frames as usize;
-        let (mut to_writer, mut from_timer) =
-            rtrb::RingBuffer::<f32>::new(settings.sample_rate as usize * channels * WRITE_RING_SECONDS);
+        let (mut to_writer, mut from_timer) = rtrb::RingBuffer::<f32>::new(
+            settings.sample_rate as usize * channels * WRITE_RING_SECONDS,
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let finished = Arc::new(AtomicBool::new(false));
         let timer_done = Arc::new(AtomicBool::new(false));
@@ -129,7 +133,8 @@ impl WavRender {
                         }
                         if since_flush >= spec.sample_rate as usize * channels {
                             // Keeps the header valid on disk even if the process is killed.
-                            wav.flush().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                            wav.flush()
+                                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                             since_flush = 0;
                         }
                         if done && from_timer.is_empty() {

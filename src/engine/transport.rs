@@ -244,7 +244,11 @@ impl Transport {
                     }
                 }
                 Command::SetGain { stem, gain } => {
-                    if let Some(stem) = self.current.as_mut().and_then(|s| s.mixer.stems.get_mut(stem)) {
+                    if let Some(stem) = self
+                        .current
+                        .as_mut()
+                        .and_then(|s| s.mixer.stems.get_mut(stem))
+                    {
                         stem.gain.set_target(gain);
                     }
                 }

@@ -248,7 +248,10 @@ impl Config {
             errors.push(at(
                 "spin_us",
                 None,
-                format!("spin_us {} is too long: expected 0 to 5000 microseconds", realtime.spin_us),
+                format!(
+                    "spin_us {} is too long: expected 0 to 5000 microseconds",
+                    realtime.spin_us
+                ),
             ));
         }
         if !errors.is_empty() {
@@ -314,9 +317,18 @@ mod tests {
         let text = "audio:\n  track_mappings:\n    click: [0]\nrealtime:\n  audio_priority: 120\n";
         let errors = Config::parse(Path::new("b.yaml"), text).expect_err("invalid");
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-        assert!(text.iter().any(|t| t.starts_with("b.yaml:3:") && t.contains("output 0")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("b.yaml:5:") && t.contains("1 to 99")), "{text:?}");
-        let unknown = Config::parse(Path::new("b.yaml"), "audio:\n  devcie: x\n").expect_err("unknown");
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("b.yaml:3:") && t.contains("output 0")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("b.yaml:5:") && t.contains("1 to 99")),
+            "{text:?}"
+        );
+        let unknown =
+            Config::parse(Path::new("b.yaml"), "audio:\n  devcie: x\n").expect_err("unknown");
         assert_eq!(unknown[0].line, Some(2));
     }
 }

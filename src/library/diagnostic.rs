@@ -132,11 +132,17 @@ mod tests {
         let text = "tracks:\n  - name: a\n    file: a.wav\n  - name: b\n    file: b.wav\n";
         assert_eq!(
             locate(text, "file", Some("b.wav"), 0),
-            Some(Place { line: 5, column: 11 })
+            Some(Place {
+                line: 5,
+                column: 11
+            })
         );
         assert_eq!(
             locate(text, "name", None, 1),
-            Some(Place { line: 4, column: 11 })
+            Some(Place {
+                line: 4,
+                column: 11
+            })
         );
         assert_eq!(locate(text, "missing", None, 0), None);
     }

@@ -89,8 +89,8 @@ struct RawPlaylist {
 
 /// Reads a YAML file with the size bound and UTF-8 check every user file gets.
 pub fn read_yaml_text(path: &Path) -> Result<String, Diagnostic> {
-    let meta = fs::metadata(path)
-        .map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
+    let meta =
+        fs::metadata(path).map_err(|e| Diagnostic::file(path, format!("cannot read: {e}")))?;
     if meta.len() > MAX_YAML_BYTES {
         return Err(Diagnostic::file(
             path,
@@ -141,7 +141,11 @@ impl Show {
             )]);
         };
         if !config.songs.is_dir() {
-            let place = config.source.as_ref().and_then(|_| None);
+            let text = config
+                .source
+                .as_ref()
+                .and_then(|s| fs::read_to_string(s).ok());
+            let place = text.as_deref().and_then(|t| locate(t, "songs", None, 0));
             return Err(vec![Diagnostic::at(
                 config.source.clone().unwrap_or_else(|| config.songs.clone()),
                 place,
@@ -217,12 +221,24 @@ impl Show {
             .iter()
             .find(|p| p.name == wanted || paths::canonical_or_normal(&p.source) == as_path)
             .ok_or_else(|| {
-                let known: Vec<&str> = self.library.playlists.iter().map(|p| p.name.as_str()).collect();
+                let known: Vec<&str> = self
+                    .library
+                    .playlists
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect();
                 Diagnostic::file(
-                    self.config.source.clone().unwrap_or_else(|| self.library.root.clone()),
+                    self.config
+                        .source
+                        .clone()
+                        .unwrap_or_else(|| self.library.root.clone()),
                     format!(
                         "no playlist named `{wanted}`: expected one of {}",
-                        if known.is_empty() { "(none found)".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "(none found)".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 )
             })
@@ -459,23 +475,55 @@ mod tests {
     fn scan_finds_songs_playlists_and_problems() {
         let root = std::env::temp_dir().join(format!("backline-scan-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
-        write(&root.join("a/song.yaml"), "kind: song\nname: A\ntracks:\n  - name: t\n    file: t.wav\nlighting: []\n");
-        write(&root.join("deep/b/song.yaml"), "kind: song\nname: B\ntracks:\n  - name: t\n    file: t.wav\nlighting: []\n");
-        write(&root.join("c/song.yaml"), "kind: song\nname: A\ntracks:\n  - name: t\n    file: t.wav\n");
-        write(&root.join("d/song.yaml"), "kind: song\nname: D\ntracks: [\n");
-        write(&root.join("set.yaml"), "kind: playlist\nsongs:\n  - B\n  - Nope\n  - A\n");
+        write(
+            &root.join("a/song.yaml"),
+            "kind: song\nname: A\ntracks:\n  - name: t\n    file: t.wav\nlighting: []\n",
+        );
+        write(
+            &root.join("deep/b/song.yaml"),
+            "kind: song\nname: B\ntracks:\n  - name: t\n    file: t.wav\nlighting: []\n",
+        );
+        write(
+            &root.join("c/song.yaml"),
+            "kind: song\nname: A\ntracks:\n  - name: t\n    file: t.wav\n",
+        );
+        write(
+            &root.join("d/song.yaml"),
+            "kind: song\nname: D\ntracks: [\n",
+        );
+        write(
+            &root.join("set.yaml"),
+            "kind: playlist\nsongs:\n  - B\n  - Nope\n  - A\n",
+        );
         let _ = std::os::unix::fs::symlink(&root, root.join("a/loop"));
         let library = Library::scan(&root, &[]);
         let names: Vec<&str> = library.songs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["A", "B"]);
         let errors: Vec<String> = library.errors.iter().map(|e| e.to_string()).collect();
-        assert!(errors.iter().any(|e| e.contains("c/song.yaml:2:7") && e.contains("already used")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("d/song.yaml:")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("symlink loop")), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("c/song.yaml:2:7") && e.contains("already used")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("d/song.yaml:")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("symlink loop")),
+            "{errors:?}"
+        );
         assert_eq!(library.warnings.len(), 1, "one warning per mtrack key");
         assert!(library.warnings[0].message.contains("used by 2 songs"));
         let set = library.resolve_playlist(&library.playlists[0]);
-        assert_eq!(set.songs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["B", "A"]);
+        assert_eq!(
+            set.songs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["B", "A"]
+        );
         assert_eq!(set.missing.len(), 1);
         assert_eq!(set.missing[0].line, Some(4), "{}", set.missing[0]);
         let _ = fs::remove_dir_all(&root);
@@ -491,7 +539,10 @@ mod tests {
         assert_eq!((e.line, e.column), (Some(2), Some(4)));
         let big = dir.join("big.yaml");
         fs::write(&big, vec![b'#'; (MAX_YAML_BYTES + 1) as usize]).expect("write");
-        assert!(read_yaml_text(&big).expect_err("too big").message.contains("bytes"));
+        assert!(read_yaml_text(&big)
+            .expect_err("too big")
+            .message
+            .contains("bytes"));
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -24,7 +24,9 @@ impl RootPolicy {
     /// explains why it is refused.
     pub fn resolve(&self, dir: &Path, reference: &str) -> Result<PathBuf, String> {
         if reference.trim().is_empty() {
-            return Err("the file name is empty: expected a path relative to the song directory".into());
+            return Err(
+                "the file name is empty: expected a path relative to the song directory".into(),
+            );
         }
         let joined = dir.join(reference);
         let resolved = canonical_or_normal(&joined);
@@ -72,7 +74,10 @@ pub fn canonical_or_normal(path: &Path) -> PathBuf {
     let mut existing = normal.clone();
     let mut rest = Vec::new();
     while !existing.exists() {
-        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
             (Some(name), Some(parent)) => {
                 rest.push(name);
                 existing = parent.to_path_buf();

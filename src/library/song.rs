@@ -146,7 +146,11 @@ impl MidiEvent {
                 channel,
                 key,
                 velocity,
-            } => (channel, vec![("key", key), ("velocity", velocity.unwrap_or(0))], None),
+            } => (
+                channel,
+                vec![("key", key), ("velocity", velocity.unwrap_or(0))],
+                None,
+            ),
             MidiEvent::Aftertouch {
                 channel,
                 key,
@@ -478,10 +482,9 @@ pub fn parse_song(path: &Path, text: &str, roots: &RootPolicy) -> SongParse {
                 file,
                 file_channel: track.file_channel,
             }),
-            Err(message) => {
-                out.errors
-                    .push(err("file", Some(&track.file), nth_file, message))
-            }
+            Err(message) => out
+                .errors
+                .push(err("file", Some(&track.file), nth_file, message)),
         }
     }
 
@@ -589,7 +592,9 @@ fn check_bpm(bpm: f64) -> Result<f64, String> {
 
 fn convert_tempo(raw: &RawTempo) -> Result<TempoSpec, (&'static str, String)> {
     let bad_signature = |text: &str| {
-        format!("time_signature `{text}` is not a meter: expected beats/note-value such as 4/4 or 6/8")
+        format!(
+            "time_signature `{text}` is not a meter: expected beats/note-value such as 4/4 or 6/8"
+        )
     };
     let bpm = check_bpm(raw.bpm).map_err(|m| ("bpm", m))?;
     let time_signature = match &raw.time_signature {
@@ -628,7 +633,8 @@ fn convert_tempo(raw: &RawTempo) -> Result<TempoSpec, (&'static str, String)> {
         let time_signature = match &change.time_signature {
             None => None,
             Some(text) => Some(
-                parse_time_signature(text).ok_or_else(|| ("time_signature", bad_signature(text)))?,
+                parse_time_signature(text)
+                    .ok_or_else(|| ("time_signature", bad_signature(text)))?,
             ),
         };
         let ramp_measures = match &change.transition {
@@ -681,9 +687,15 @@ mod tests {
         );
         assert!(p.errors.is_empty(), "{:?}", p.errors);
         let song = p.song.expect("song");
-        assert_eq!(song.tracks[1].file, PathBuf::from("/no-such-backline-lib/s/b.flac"));
+        assert_eq!(
+            song.tracks[1].file,
+            PathBuf::from("/no-such-backline-lib/s/b.flac")
+        );
         assert_eq!(song.tracks[1].file_channel, Some(1));
-        assert_eq!(song.midi_event.map(|e| e.to_bytes()), Some(([0xCF, 2, 0], 2)));
+        assert_eq!(
+            song.midi_event.map(|e| e.to_bytes()),
+            Some(([0xCF, 2, 0], 2))
+        );
         let tempo = song.tempo.expect("tempo");
         assert_eq!(tempo.changes[0].ramp_measures, Some(2.0));
         assert_eq!(
@@ -719,8 +731,15 @@ mod tests {
             "kind: song\nname: A\nmidi_event: { type: note_on, channel: 17, key: 1 }\ntracks:\n  - name: a\n    file: a.wav\n    file_channel: 0\ntempo: { bpm: 0 }\n",
         );
         let text: Vec<String> = p.errors.iter().map(|e| e.to_string()).collect();
-        assert!(text.iter().any(|t| t.contains(":7:") && t.contains("file_channel 0")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("expected 1 to 16")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.contains(":7:") && t.contains("file_channel 0")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("expected 1 to 16")),
+            "{text:?}"
+        );
         assert!(text.iter().any(|t| t.contains("bpm 0")), "{text:?}");
     }
 

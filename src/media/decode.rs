@@ -45,7 +45,9 @@ pub struct FileDecoder {
 fn describe(error: &SymphoniaError) -> String {
     match error {
         SymphoniaError::Unsupported(what) => {
-            format!("unsupported format ({what}): expected WAV, FLAC, MP3, OGG/Vorbis, AAC/M4A or AIFF")
+            format!(
+                "unsupported format ({what}): expected WAV, FLAC, MP3, OGG/Vorbis, AAC/M4A or AIFF"
+            )
         }
         SymphoniaError::IoError(e) => format!("cannot read: {e}"),
         other => format!("cannot decode: {other}"),
@@ -55,7 +57,8 @@ fn describe(error: &SymphoniaError) -> String {
 impl FileDecoder {
     /// Opens `path` and checks that the header describes playable audio.
     pub fn open(path: &Path) -> Result<FileDecoder, Diagnostic> {
-        let file = File::open(path).map_err(|e| Diagnostic::file(path, format!("cannot open: {e}")))?;
+        let file =
+            File::open(path).map_err(|e| Diagnostic::file(path, format!("cannot open: {e}")))?;
         if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
             return Err(Diagnostic::file(path, "the file is empty: expected audio"));
         }
@@ -123,7 +126,12 @@ impl FileDecoder {
     }
 
     fn peek_channels(&mut self) -> Result<usize, Diagnostic> {
-        let channels = self.decoder.codec_params().channels.map(|c| c.count()).unwrap_or(0);
+        let channels = self
+            .decoder
+            .codec_params()
+            .channels
+            .map(|c| c.count())
+            .unwrap_or(0);
         if (1..=MAX_FILE_CHANNELS).contains(&channels) {
             return Ok(channels);
         }
@@ -144,7 +152,9 @@ impl FileDecoder {
         loop {
             let packet = match self.format.next_packet() {
                 Ok(packet) => packet,
-                Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(SymphoniaError::IoError(e))
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
                     return Ok(None)
                 }
                 Err(SymphoniaError::ResetRequired) => return Ok(None),
@@ -210,7 +220,10 @@ pub fn decode_all(path: &Path) -> Result<(MediaInfo, u64), Diagnostic> {
         frames += samples.len() as u64 / channels;
     }
     if frames == 0 {
-        return Err(Diagnostic::file(path, "no audio could be decoded: the file is empty or damaged"));
+        return Err(Diagnostic::file(
+            path,
+            "no audio could be decoded: the file is empty or damaged",
+        ));
     }
     Ok((decoder.info().clone(), frames))
 }

@@ -60,7 +60,8 @@ impl SongStreams {
         let deadline = Instant::now() + timeout;
         loop {
             let ready = self.stems.iter().all(|s| {
-                s.finished.load(Ordering::Acquire) || s.ring.slots() >= s.ring.buffer().capacity() / 2
+                s.finished.load(Ordering::Acquire)
+                    || s.ring.slots() >= s.ring.buffer().capacity() / 2
             });
             if ready {
                 return true;
@@ -100,9 +101,9 @@ pub fn open_song(
     for (file, track_indices) in by_file {
         let decoder = FileDecoder::open(&file)?;
         let info = decoder.info().clone();
-        let frames_at_device = info
-            .frames
-            .map(|f| (f as f64 * f64::from(device_rate) / f64::from(info.sample_rate)).round() as u64);
+        let frames_at_device = info.frames.map(|f| {
+            (f as f64 * f64::from(device_rate) / f64::from(info.sample_rate)).round() as u64
+        });
         length_frames = match (length_frames, frames_at_device) {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
@@ -191,7 +192,9 @@ pub fn open_song(
     thread::Builder::new()
         .name("backline-loader".into())
         .spawn(move || run_loader(jobs, &errors))
-        .map_err(|e| Diagnostic::file(&song.source, format!("cannot start a loader thread: {e}")))?;
+        .map_err(|e| {
+            Diagnostic::file(&song.source, format!("cannot start a loader thread: {e}"))
+        })?;
     Ok(SongStreams {
         stems: stems.into_iter().map(|(_, s)| s).collect(),
         length_frames,
@@ -249,7 +252,11 @@ struct FileJob {
 
 impl FileJob {
     /// Decodes one packet into the sinks' pending buffers. Returns false at end of file.
-    fn decode_next(&mut self, planar: &mut Vec<Vec<f32>>, resampled: &mut Vec<Vec<f32>>) -> Result<bool, Diagnostic> {
+    fn decode_next(
+        &mut self,
+        planar: &mut Vec<Vec<f32>>,
+        resampled: &mut Vec<Vec<f32>>,
+    ) -> Result<bool, Diagnostic> {
         planar.resize_with(self.used.len(), Vec::new);
         planar.iter_mut().for_each(Vec::clear);
         let more = match self.decoder.next_packet()? {
@@ -280,9 +287,13 @@ impl FileJob {
         let frames = output.first().map_or(0, Vec::len);
         for sink in &mut self.sinks {
             sink.pending.reserve(frames * sink.picks.len());
-            for frame in 0..frames {
-                for &pick in &sink.picks {
-                    sink.pending.push(output[pick][frame]);
+            match sink.picks.as_slice() {
+                [single] => sink.pending.extend_from_slice(&output[*single][..frames]),
+                picks => {
+                    let pending = &mut sink.pending;
+                    (0..frames).for_each(|frame| {
+                        pending.extend(picks.iter().map(|&pick| output[pick][frame]));
+                    });
                 }
             }
         }

@@ -1,0 +1,334 @@
+//! Measurements: real-time threads push raw nanosecond samples into lock-free SPSC rings
+//! (never blocking, counting what a full ring drops); a normal-priority stats thread drains
+//! them into HDR histograms; reports are made from the histograms.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// What a sample measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    /// Audio callback: |time since the previous callback − nominal period|.
+    AudioIntervalError,
+    /// Audio callback: time spent rendering.
+    AudioBusy,
+}
+
+impl Metric {
+    /// All metrics, in report order.
+    pub const ALL: [Metric; 2] = [Metric::AudioIntervalError, Metric::AudioBusy];
+
+    /// How the report names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::AudioIntervalError => "audio callback |interval - period|",
+            Metric::AudioBusy => "audio callback time",
+        }
+    }
+}
+
+/// One raw measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// What it measures.
+    pub metric: Metric,
+    /// Value in nanoseconds (may be negative, e.g. an early callback).
+    pub value_ns: i64,
+}
+
+/// The real-time side: push samples without ever blocking.
+pub struct SampleSender {
+    ring: rtrb::Producer<Sample>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SampleSender {
+    /// Records a sample; when the ring is full the sample is dropped and counted. RT-safe.
+    #[inline]
+    pub fn send(&mut self, metric: Metric, value_ns: i64) {
+        if self.ring.push(Sample { metric, value_ns }).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Percentiles of one metric, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    /// Samples recorded.
+    pub count: u64,
+    /// Smallest value.
+    pub min: i64,
+    /// Median.
+    pub p50: i64,
+    /// 99th percentile.
+    pub p99: i64,
+    /// 99.9th percentile.
+    pub p999: i64,
+    /// Largest value.
+    pub max: i64,
+}
+
+/// Largest value tracked: 10 s (anything bigger is clamped).
+const HIGHEST_NS: u64 = 10_000_000_000;
+
+/// One metric's histogram. Values are nanoseconds with 3 significant figures; negative
+/// values (an early wake-up) count as 0 in the percentiles, and the true minimum is kept.
+#[derive(Clone)]
+pub struct MetricHistogram {
+    histogram: Histogram<u64>,
+    min: i64,
+}
+
+impl Default for MetricHistogram {
+    fn default() -> Self {
+        MetricHistogram {
+            histogram: Histogram::new_with_bounds(1, HIGHEST_NS, 3)
+                .expect("constant histogram bounds are valid"),
+            min: i64::MAX,
+        }
+    }
+}
+
+impl MetricHistogram {
+    /// Adds a value in ns.
+    pub fn record(&mut self, value_ns: i64) {
+        self.min = self.min.min(value_ns);
+        let value = value_ns.clamp(0, HIGHEST_NS as i64) as u64;
+        // hdrhistogram's lowest trackable value is 1: store v + 1.
+        self.histogram.saturating_record(value + 1);
+    }
+
+    /// Count, min, p50, p99, p99.9, max.
+    pub fn summary(&self) -> Summary {
+        let h = &self.histogram;
+        if h.is_empty() {
+            return Summary::default();
+        }
+        let at = |q: f64| h.value_at_quantile(q) as i64 - 1;
+        Summary {
+            count: h.len(),
+            min: self.min,
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: h.max() as i64 - 1,
+        }
+    }
+
+    /// Non-empty buckets as (value ns, count), for JSON reports and plots.
+    pub fn buckets(&self) -> Vec<(i64, u64)> {
+        self.histogram
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to() as i64 - 1, v.count_at_value()))
+            .collect()
+    }
+}
+
+/// Everything the stats thread has gathered.
+#[derive(Clone, Default)]
+pub struct Figures {
+    /// One histogram per metric.
+    pub metrics: Vec<(Metric, MetricHistogram)>,
+    /// Samples dropped because a ring was full.
+    pub dropped: u64,
+}
+
+impl Figures {
+    /// The histogram of `metric`, if any sample arrived.
+    pub fn get(&self, metric: Metric) -> Option<&MetricHistogram> {
+        self.metrics
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .map(|(_, h)| h)
+    }
+
+    fn record(&mut self, sample: Sample) {
+        match self.metrics.iter_mut().find(|(m, _)| *m == sample.metric) {
+            Some((_, h)) => h.record(sample.value_ns),
+            None => {
+                let mut h = MetricHistogram::default();
+                h.record(sample.value_ns);
+                self.metrics.push((sample.metric, h));
+            }
+        }
+    }
+}
+
+/// The stats thread and the figures it keeps.
+pub struct StatsCollector {
+    figures: Arc<Mutex<Figures>>,
+    dropped: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Capacity of a sample ring: about 10 s of audio callbacks at 128 frames, several seconds
+/// of beat-clock ticks; the stats thread drains it every 50 ms.
+pub const RING_CAPACITY: usize = 16_384;
+
+impl StatsCollector {
+    /// Starts the stats thread with one ring; returns the collector and the ring's sender.
+    pub fn start() -> (StatsCollector, SampleSender) {
+        let (producer, mut consumer) = rtrb::RingBuffer::new(RING_CAPACITY);
+        let figures = Arc::new(Mutex::new(Figures::default()));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let figures = figures.clone();
+            let stop = stop.clone();
+            thread::Builder::new()
+                .name("backline-stats".into())
+                .spawn(move || loop {
+                    let finishing = stop.load(Ordering::Acquire);
+                    if let Ok(mut f) = figures.lock() {
+                        while let Ok(sample) = consumer.pop() {
+                            f.record(sample);
+                        }
+                    }
+                    if finishing {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                })
+                .ok()
+        };
+        (
+            StatsCollector {
+                figures,
+                dropped: dropped.clone(),
+                stop,
+                thread,
+            },
+            SampleSender {
+                ring: producer,
+                dropped,
+            },
+        )
+    }
+
+    /// The figures so far.
+    pub fn figures(&self) -> Figures {
+        let mut figures = self.figures.lock().map(|f| f.clone()).unwrap_or_default();
+        figures.dropped = self.dropped.load(Ordering::Relaxed);
+        figures
+    }
+
+    /// Drains what is left and stops the thread.
+    pub fn finish(mut self) -> Figures {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.figures()
+    }
+}
+
+/// The end-of-run timing report as text: one row per metric, in microseconds.
+pub struct TimingReport<'a> {
+    /// The figures.
+    pub figures: &'a Figures,
+    /// Nominal audio period in ns (for the duty column).
+    pub period_ns: i64,
+    /// Device xruns.
+    pub xruns: u64,
+}
+
+impl fmt::Display for TimingReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = |ns: i64| ns as f64 / 1000.0;
+        writeln!(
+            f,
+            "{:<34} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "timing (µs)", "count", "min", "p50", "p99", "p99.9", "max"
+        )?;
+        for metric in Metric::ALL {
+            let Some(h) = self.figures.get(metric) else {
+                continue;
+            };
+            let s = h.summary();
+            writeln!(
+                f,
+                "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                metric.label(),
+                s.count,
+                us(s.min),
+                us(s.p50),
+                us(s.p99),
+                us(s.p999),
+                us(s.max)
+            )?;
+            if metric == Metric::AudioBusy && self.period_ns > 0 {
+                let pct = |ns: i64| ns as f64 * 100.0 / self.period_ns as f64;
+                writeln!(
+                    f,
+                    "{:<34} {:>8} {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}%",
+                    "audio callback duty (of period)",
+                    s.count,
+                    pct(s.min),
+                    pct(s.p50),
+                    pct(s.p99),
+                    pct(s.p999),
+                    pct(s.max)
+                )?;
+            }
+        }
+        write!(
+            f,
+            "xruns {}, samples dropped {} (period {:.2} ms)",
+            self.xruns,
+            self.figures.dropped,
+            self.period_ns as f64 / 1e6
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_known_samples() {
+        let mut h = MetricHistogram::default();
+        for v in 1..=1000 {
+            h.record(v * 1000);
+        }
+        h.record(-5000);
+        let s = h.summary();
+        assert_eq!(s.count, 1001);
+        assert_eq!(s.min, -5000);
+        assert_eq!(
+            h.buckets().first().map(|b| b.0),
+            Some(0),
+            "negative counts as 0"
+        );
+        // 3 significant figures: values are exact to 0.1 %.
+        assert!((s.p50 - 500_000).abs() <= 500, "{s:?}");
+        assert!((s.p99 - 990_000).abs() <= 1000, "{s:?}");
+        assert!((s.max - 1_000_000).abs() <= 1000, "{s:?}");
+    }
+
+    #[test]
+    fn collector_drains_and_counts_drops() {
+        let (collector, mut sender) = StatsCollector::start();
+        {
+            // Hold the figures so the stats thread cannot drain while the ring overflows.
+            let _held = collector.figures.lock().expect("lock");
+            for _ in 0..(RING_CAPACITY + 10) {
+                sender.send(Metric::AudioBusy, 1_000);
+            }
+        }
+        let figures = collector.finish();
+        let busy = figures
+            .get(Metric::AudioBusy)
+            .map(|h| h.summary().count)
+            .unwrap_or(0);
+        assert_eq!(busy + figures.dropped, RING_CAPACITY as u64 + 10);
+        assert_eq!(figures.dropped, 10);
+    }
+}
