@@ -11,6 +11,7 @@ packages=(
   rt-tests              # cyclictest: the machine's scheduling floor in the benchmarks
   time                  # /usr/bin/time -v for the memory benchmark
   util-linux            # setpriv for the privilege tests
+  sox libsox-fmt-base   # generates the long test song of the memory benchmark
 )
 
 missing=()

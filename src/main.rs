@@ -45,6 +45,9 @@ enum Command {
         /// SCHED_FIFO priority of the audio thread (the clock gets 10 more, at most 99).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=89))]
         rt_priority: Option<u8>,
+        /// With `--output wav:PATH`: render this many times faster than real time (an offline bounce).
+        #[arg(long, value_parser = parse_speed)]
+        speed: Option<f64>,
     },
     /// Validate a show (YAML, files, decoding, channels, rates, playlists); exit 1 on any error.
     Check {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             output,
             no_rt,
             rt_priority,
+            speed,
         } => play::run(
             &target,
             &PlayOptions {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
                 output,
                 no_rt,
                 rt_priority,
+                speed,
             },
         ),
         Command::Check {
@@ -107,6 +112,15 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+fn parse_speed(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(speed) if speed.is_finite() && (0.1..=1000.0).contains(&speed) => Ok(speed),
+        _ => Err(format!(
+            "`{text}` is not a speed: expected a factor from 0.1 to 1000"
+        )),
+    }
 }
 
 fn run_check(target: &std::path::Path, options: &CheckOptions) -> i32 {

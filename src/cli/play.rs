@@ -29,6 +29,8 @@ pub struct PlayOptions {
     pub no_rt: bool,
     /// `--rt-priority N`: audio priority N, clock N+10 (at most 99).
     pub rt_priority: Option<u8>,
+    /// `--speed X`: WAV renders only, X times faster than real time.
+    pub speed: Option<f64>,
 }
 
 /// Real-time settings from the config and command line.
@@ -126,6 +128,9 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             }
         },
     };
+    if options.speed.is_some() && wav.is_none() {
+        warn!("--speed only applies to `--output wav:PATH`; a device plays in real time");
+    }
     let (rate, channels, description) = match &chosen {
         Some(c) => (
             c.opened.sample_rate,
@@ -184,6 +189,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
                     sample_rate: rate,
                     period_frames: show.config.audio.buffer_size,
                     stop_at_set_end: !interactive,
+                    speed: options.speed.unwrap_or(1.0),
                     on_thread_start: Some(hook),
                 },
                 callback,

@@ -41,6 +41,9 @@ pub struct RenderSettings {
     pub period_frames: u32,
     /// Stop (and trim the file) at the exact end of the set.
     pub stop_at_set_end: bool,
+    /// 1.0 renders in real time; larger values render that many times faster (an offline
+    /// bounce for tests and benchmarks; the show itself always runs at 1.0).
+    pub speed: f64,
     /// Runs first on the timer thread (real-time promotion), before any period.
     pub on_thread_start: Option<FirstCallbackHook>,
 }
@@ -68,7 +71,12 @@ impl WavRender {
         let finished = Arc::new(AtomicBool::new(false));
         let timer_done = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicU64::new(0));
-        let period_ns = period as u64 * 1_000_000_000 / u64::from(settings.sample_rate);
+        let speed = if settings.speed.is_finite() && settings.speed > 0.0 {
+            settings.speed
+        } else {
+            1.0
+        };
+        let period_ns = (period as f64 * 1e9 / f64::from(settings.sample_rate) / speed) as u64;
         let timer = {
             let stop = stop.clone();
             let finished = finished.clone();
