@@ -47,7 +47,7 @@ pub struct CpalOutput {
 }
 
 fn is_jack(name: &str) -> bool {
-    name == "jack" || name.starts_with("jack:")
+    name == "jack"
 }
 
 /// A device and the stream config chosen for it, not yet started.
@@ -142,7 +142,7 @@ pub fn choose(request: &OutputRequest) -> Result<ChosenOutput, String> {
 
 fn find_device(wanted: &str) -> Result<(String, cpal::Device), String> {
     if is_jack(wanted) {
-        return jack_device(wanted);
+        return jack_device();
     }
     let host = cpal::default_host();
     let host_name = host.id().name().to_string();
@@ -181,21 +181,22 @@ fn find_device(wanted: &str) -> Result<(String, cpal::Device), String> {
     }
 }
 
+/// The JACK output. cpal 0.15 names its client `cpal_client_out` (its
+/// `output_device_with_name` ignores the name) with ports `out_0`, `out_1`, …, and connects
+/// them to the system playback ports; re-patch freely with any JACK tool.
 #[cfg(feature = "jack")]
-fn jack_device(wanted: &str) -> Result<(String, cpal::Device), String> {
-    let client_name = wanted.strip_prefix("jack:").unwrap_or("backline");
+fn jack_device() -> Result<(String, cpal::Device), String> {
     let mut host = cpal::platform::JackHost::new()
         .map_err(|_| "the JACK host is not available".to_string())?;
-    // backline connects its own ports to the system outputs; users re-patch freely.
     host.set_connect_automatically(true);
     let device = host
-        .output_device_with_name(client_name)
+        .default_output_device()
         .ok_or_else(|| "cannot connect to a JACK server: is jackd running (and JACK_DEFAULT_SERVER set if it has a name)?".to_string())?;
     Ok(("jack".into(), cpal::Device::from(device)))
 }
 
 #[cfg(not(feature = "jack"))]
-fn jack_device(_wanted: &str) -> Result<(String, cpal::Device), String> {
+fn jack_device() -> Result<(String, cpal::Device), String> {
     Err("this build has no JACK support (built without the `jack` feature)".into())
 }
 
@@ -258,7 +259,7 @@ pub fn list_devices() -> Vec<String> {
     for host_id in cpal::available_hosts() {
         let host_name = host_id.name().to_string();
         if host_name.eq_ignore_ascii_case("jack") {
-            match jack_device("jack") {
+            match jack_device() {
                 Ok((_, device)) => lines.push(describe_device("jack", &device, true)),
                 Err(e) => lines.push(format!("jack: (unavailable: {e})")),
             }

@@ -58,6 +58,8 @@
 //! ```
 #![allow(dead_code)]
 
+pub mod fixtures;
+
 use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::fs::File;

@@ -1,0 +1,291 @@
+//! End-to-end playback on a real JACK server (dummy driver): the real binary plays, a JACK
+//! client in the test records every output, and the recording is analysed.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::fixtures::{frequency_track, longest_silence, segments, TestShow};
+use common::{non_silent_span, peak, tone_amplitude, wait_until, JackServer, PtyChild, Recorder};
+
+const RATE: u32 = 48_000;
+const PERIOD: u32 = 256;
+/// Length tolerance: a few periods, to survive this VM's scheduling spikes.
+const LENGTH_TOLERANCE: usize = 4 * PERIOD as usize;
+
+fn backline() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_backline"))
+}
+
+/// The JACK ports cpal gives the player (cpal 0.15 always names its client this).
+const PLAYER_PORTS: &str = "cpal_client_out:out_";
+
+/// Runs `backline play` without a terminal and waits for it; returns (exit code, stderr).
+fn play_to_end(show: &TestShow, server: &JackServer, extra: &[&str]) -> (i32, String) {
+    let output = backline()
+        .arg("play")
+        .arg(&show.root)
+        .args(["--output", "jack"])
+        .args(extra)
+        .envs(server.envs())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backline");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn routes_tones_to_the_right_outputs_at_the_right_level_and_length() {
+    let show = TestShow::new("routing");
+    show.tone_wav("songs/tones/a.wav", RATE, 2.0, &[(440.0, 0.5)]);
+    show.tone_wav("songs/tones/b.wav", RATE, 2.0, &[(1000.0, 0.25)]);
+    // A stereo file split with file_channel; both halves summed on output 4. It is at
+    // 44.1 kHz, so it is resampled to the device rate on the way.
+    show.tone_wav(
+        "songs/tones/c.wav",
+        44_100,
+        2.0,
+        &[(660.0, 0.3), (880.0, 0.2)],
+    );
+    show.song(
+        "tones",
+        "Tones",
+        &[
+            ("a", "a.wav", None),
+            ("b", "b.wav", None),
+            ("c-l", "c.wav", Some(1)),
+            ("c-r", "c.wav", Some(2)),
+        ],
+    );
+    show.write(
+        "backline.yaml",
+        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    a: [1]\n    b: [3]\n    c-l: [4]\n    c-r: [4]\n",
+    );
+    let server = JackServer::start(RATE, PERIOD);
+    let recorder = Recorder::start(&server, PLAYER_PORTS, 4);
+    let (code, stderr) = play_to_end(&show, &server, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("set finished: 1 songs played, 0 skipped"),
+        "{stderr}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let rec = recorder.stop();
+    assert!(
+        rec.gaps.is_empty(),
+        "the recorder missed cycles: {:?}",
+        rec.gaps
+    );
+    let ch = &rec.channels;
+
+    let (start, end) = non_silent_span(&ch[0], 0.01).expect("output 1 carries the 440 Hz track");
+    let length = end - start + 1;
+    assert!(
+        length.abs_diff(2 * RATE as usize) <= LENGTH_TOLERANCE,
+        "song length {length} frames, expected {} ± {LENGTH_TOLERANCE}",
+        2 * RATE
+    );
+    let span = |c: usize| &ch[c][start..=end];
+    let level = |c: usize, f: f32| tone_amplitude(span(c), f, RATE);
+    assert!(
+        (level(0, 440.0) - 0.5).abs() < 0.02,
+        "out 1 440 Hz: {}",
+        level(0, 440.0)
+    );
+    assert!(level(0, 1000.0) < 0.01, "out 1 has no 1000 Hz");
+    assert!(
+        peak(&ch[1]) < 1e-4,
+        "out 2 is routed nothing and must be silent: peak {}",
+        peak(&ch[1])
+    );
+    assert!(
+        (level(2, 1000.0) - 0.25).abs() < 0.02,
+        "out 3 1000 Hz: {}",
+        level(2, 1000.0)
+    );
+    assert!(level(2, 440.0) < 0.01, "out 3 has no 440 Hz");
+    assert!(
+        (level(3, 660.0) - 0.3).abs() < 0.03,
+        "out 4 660 Hz (resampled): {}",
+        level(3, 660.0)
+    );
+    assert!(
+        (level(3, 880.0) - 0.2).abs() < 0.03,
+        "out 4 880 Hz (resampled): {}",
+        level(3, 880.0)
+    );
+    assert!(level(3, 440.0) < 0.01, "out 4 has no 440 Hz");
+}
+
+#[test]
+fn auto_advance_skips_broken_songs_without_gaps() {
+    let show = TestShow::new("advance");
+    show.tone_song("1", "One", 440.0, 1.0);
+    show.tone_song("2", "Two", 1000.0, 1.0);
+    show.tone_song("3", "Three", 660.0, 1.0);
+    // A corrupt audio file and a song.yaml with a YAML error, both in the playlist.
+    show.write(
+        "songs/corrupt/song.yaml",
+        "kind: song\nname: Corrupt\ntracks:\n  - name: tone\n    file: tone.wav\n",
+    );
+    show.write("songs/corrupt/tone.wav", "RIFF this is not audio at all");
+    show.write(
+        "songs/bad/song.yaml",
+        "kind: song\nname: Bad\ntracks:\n  - name: tone\n    file: tone.wav\ncolour: blue\n",
+    );
+    show.write(
+        "playlists/set.yaml",
+        "kind: playlist\nsongs:\n  - One\n  - Corrupt\n  - Two\n  - Bad\n  - Three\n",
+    );
+    show.write(
+        "backline.yaml",
+        "songs: songs\nplaylist: playlists/set.yaml\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\n",
+    );
+    let server = JackServer::start(RATE, PERIOD);
+    let recorder = Recorder::start(&server, PLAYER_PORTS, 2);
+    let (code, stderr) = play_to_end(&show, &server, &[]);
+    std::thread::sleep(Duration::from_millis(200));
+    let rec = recorder.stop();
+    assert_eq!(
+        code, 0,
+        "broken songs are skipped and the set still ends well:\n{stderr}"
+    );
+    let corrupt = stderr
+        .lines()
+        .find(|l| l.contains("song skipped: Corrupt"))
+        .unwrap_or_else(|| panic!("one error line for the corrupt song:\n{stderr}"));
+    assert!(corrupt.contains("tone.wav"), "{corrupt}");
+    let bad_yaml = stderr
+        .lines()
+        .find(|l| l.contains("bad/song.yaml:6:1"))
+        .unwrap_or_else(|| panic!("the YAML error names file:line:col:\n{stderr}"));
+    assert!(bad_yaml.contains("unknown field `colour`"), "{bad_yaml}");
+    assert!(
+        stderr.contains("set.yaml:6:5: playlist names song `Bad`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("set finished: 3 songs played, 1 skipped"),
+        "{stderr}"
+    );
+
+    assert!(
+        rec.gaps.is_empty(),
+        "the recorder missed cycles: {:?}",
+        rec.gaps
+    );
+    let out = &rec.channels[0];
+    let (start, end) = non_silent_span(out, 0.01).expect("audio on output 1");
+    assert_eq!(
+        segments(&frequency_track(
+            &out[start..=end],
+            RATE,
+            &[440.0, 1000.0, 660.0]
+        )),
+        vec![440.0, 1000.0, 660.0],
+        "songs play in order, broken ones skipped"
+    );
+    assert!(
+        (end - start + 1).abs_diff(3 * RATE as usize) <= LENGTH_TOLERANCE,
+        "three 1 s songs back to back: {} frames",
+        end - start + 1
+    );
+    let gap = longest_silence(&out[start..=end]);
+    assert!(
+        gap <= PERIOD as usize,
+        "no gap longer than one period at a song change: {gap} frames"
+    );
+}
+
+#[test]
+fn keys_next_previous_and_quit_in_a_terminal() {
+    let show = TestShow::new("keys");
+    // Zero-config order is by name.
+    show.tone_song("1", "Alpha", 440.0, 20.0);
+    show.tone_song("2", "Bravo", 1000.0, 20.0);
+    show.tone_song("3", "Charlie", 660.0, 20.0);
+    show.write(
+        "backline.yaml",
+        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\n",
+    );
+    let server = JackServer::start(RATE, PERIOD);
+    let recorder = Recorder::start(&server, PLAYER_PORTS, 1);
+    let mut command = backline();
+    command
+        .arg("play")
+        .arg(&show.root)
+        .args(["--output", "jack"])
+        .envs(server.envs());
+    let mut ui = PtyChild::spawn(command);
+    assert!(
+        recorder.wait_connected(Duration::from_secs(20)),
+        "{}",
+        ui.stderr_so_far()
+    );
+    assert!(
+        ui.wait_for_output("1/3 Alpha", Duration::from_secs(10)),
+        "status line shows the song: {:?}",
+        ui.output_so_far()
+    );
+    let heard = |frames: u64| recorder.frames_so_far() + frames;
+    for (key, song) in [
+        (b"n", "2/3 Bravo"),
+        (b"n", "3/3 Charlie"),
+        (b"p", "2/3 Bravo"),
+    ] {
+        let target = heard(RATE as u64);
+        assert!(wait_until(Duration::from_secs(10), || recorder
+            .frames_so_far()
+            >= target));
+        ui.send(key);
+        assert!(
+            ui.wait_for_output(song, Duration::from_secs(10)),
+            "after {key:?}: {:?}",
+            ui.output_so_far()
+        );
+    }
+    let target = heard(RATE as u64);
+    assert!(wait_until(Duration::from_secs(10), || recorder
+        .frames_so_far()
+        >= target));
+    ui.send(b"q");
+    let status = ui.wait_timeout(Duration::from_secs(10)).expect("q quits");
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        ui.stderr_so_far()
+    );
+    let screen = ui.output_so_far();
+    assert!(
+        screen.contains("RT "),
+        "status line shows the real-time state: {screen:?}"
+    );
+    assert!(
+        screen.contains("xruns"),
+        "status line shows xruns: {screen:?}"
+    );
+    let rec = recorder.stop();
+    let out = &rec.channels[0];
+    let (start, end) = non_silent_span(out, 0.01).expect("audio");
+    let order = segments(&frequency_track(
+        &out[start..=end],
+        RATE,
+        &[440.0, 1000.0, 660.0],
+    ));
+    assert_eq!(
+        order,
+        vec![440.0, 1000.0, 660.0, 1000.0],
+        "next, next, previous"
+    );
+    if rec.gaps.is_empty() {
+        let gap = longest_silence(&out[start..=end]);
+        assert!(
+            gap <= PERIOD as usize,
+            "'next' starts the pre-rolled song within one period: gap {gap}"
+        );
+    }
+}
