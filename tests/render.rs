@@ -33,13 +33,13 @@ fn wav_render_is_bit_exact_and_gapless() {
     let (b_left, b_right) = (noise(2, 40_000), noise(3, 40_000));
     let c = noise(4, 30_000);
     let next = noise(5, 10_000);
-    show.wav_i16("songs/first/a.wav", rate, &[a.clone()]);
+    show.wav_i16("songs/first/a.wav", rate, std::slice::from_ref(&a));
     show.wav_i16(
         "songs/first/b.wav",
         rate,
         &[b_left.clone(), b_right.clone()],
     );
-    show.wav_i16("songs/first/c.wav", rate, &[c.clone()]);
+    show.wav_i16("songs/first/c.wav", rate, std::slice::from_ref(&c));
     show.song(
         "first",
         "First",
@@ -49,7 +49,7 @@ fn wav_render_is_bit_exact_and_gapless() {
             ("c", "c.wav", None),
         ],
     );
-    show.wav_i16("songs/second/n.wav", rate, &[next.clone()]);
+    show.wav_i16("songs/second/n.wav", rate, std::slice::from_ref(&next));
     show.song("second", "Second", &[("a", "n.wav", None)]);
     show.write(
         "backline.yaml",
