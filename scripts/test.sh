@@ -10,6 +10,6 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # End-to-end tests start their own private jackd servers; run them two at a time so the
 # 2-core CI machine keeps up in real time.
-cargo test --all-targets -- --test-threads=2
+cargo test --lib --bins --tests -- --test-threads=2
 cargo bench --no-run
 echo "all tests passed"
