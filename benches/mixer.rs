@@ -120,7 +120,7 @@ fn mixer(c: &mut Criterion) {
                         let start = Instant::now();
                         planar.clear(FRAMES);
                         let rendered = song.render(&mut planar, 0, FRAMES);
-                        planar.interleave_into(FRAMES, &mut output, |s| s);
+                        planar.interleave_f32(FRAMES, &mut output);
                         total += start.elapsed();
                         std::hint::black_box(rendered);
                     }

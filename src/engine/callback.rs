@@ -69,7 +69,7 @@ impl AudioCallback {
         for block in output.chunks_mut(MAX_BLOCK_FRAMES * self.channels) {
             let frames = block.len() / self.channels;
             let processed = self.transport.process(&mut self.scratch, frames);
-            self.scratch.interleave_into(frames, block, |s| s);
+            self.scratch.interleave_f32(frames, block);
             if let (None, Some(at)) = (set_ended_at, processed.set_ended_at) {
                 set_ended_at = Some(done + at);
             }

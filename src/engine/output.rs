@@ -227,7 +227,34 @@ pub fn start(
     })
 }
 
-fn build<T: SizedSample + FromSample<f32>>(
+/// Device sample formats and how the callback fills them (f32 takes the SIMD interleave).
+trait DeviceSample: SizedSample + FromSample<f32> {
+    fn render(callback: &mut AudioCallback, data: &mut [Self]);
+}
+
+impl DeviceSample for f32 {
+    fn render(callback: &mut AudioCallback, data: &mut [f32]) {
+        callback.render_f32(data);
+    }
+}
+
+impl DeviceSample for i32 {
+    fn render(callback: &mut AudioCallback, data: &mut [i32]) {
+        callback.render(data);
+    }
+}
+
+impl DeviceSample for i16 {
+    fn render(callback: &mut AudioCallback, data: &mut [i16]) {
+        callback.render(data);
+    }
+}
+
+fn render<T: DeviceSample>(callback: &mut AudioCallback, data: &mut [T]) {
+    T::render(callback, data);
+}
+
+fn build<T: DeviceSample>(
     device: &cpal::Device,
     config: &StreamConfig,
     mut callback: AudioCallback,
@@ -236,7 +263,7 @@ fn build<T: SizedSample + FromSample<f32>>(
     device
         .build_output_stream::<T, _, _>(
             config,
-            move |data: &mut [T], _info| callback.render(data),
+            move |data: &mut [T], _info| render(&mut callback, data),
             move |error| {
                 // May run on the audio thread: only count, the control thread reports.
                 match error {
