@@ -13,9 +13,11 @@ pub fn under_systemd() -> bool {
 }
 
 /// Installs the global subscriber. `level` is the default filter (RUST_LOG overrides it).
+/// symphonia's and libjack's own messages are silenced: every failure they report reaches the
+/// user as one backline line that names the file or device.
 pub fn init(level: &str, raw_terminal: bool) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},symphonia=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},symphonia=off,jack=off")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

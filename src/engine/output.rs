@@ -65,7 +65,13 @@ pub fn choose(request: &OutputRequest) -> Result<ChosenOutput, String> {
     let name = device.name().unwrap_or_else(|_| "unnamed".into());
     let configs: Vec<cpal::SupportedStreamConfigRange> = device
         .supported_output_configs()
-        .map_err(|e| format!("output device `{name}` cannot report its formats: {e}"))?
+        .map_err(|e| {
+            if request.device == "default" {
+                format!("the default audio output cannot be opened ({e}); is there a sound card? Use `--output wav:PATH` to render to a file, or `--output jack`")
+            } else {
+                format!("output device `{name}` cannot report its formats: {e}")
+            }
+        })?
         .collect();
     if configs.is_empty() {
         return Err(format!("output device `{name}` offers no output formats"));
