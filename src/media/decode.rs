@@ -40,6 +40,8 @@ pub struct FileDecoder {
     buffer: Option<SampleBuffer<f32>>,
     info: MediaInfo,
     bad_packets: usize,
+    /// The first packet was decoded early (to learn the channel count) and not yet returned.
+    first_packet_pending: bool,
 }
 
 fn describe(error: &SymphoniaError) -> String {
@@ -117,6 +119,7 @@ impl FileDecoder {
                 codec,
             },
             bad_packets: 0,
+            first_packet_pending: false,
         };
         if channels == 0 {
             // Some containers (AAC in MP4) only tell the channel count once decoding starts.
@@ -125,13 +128,18 @@ impl FileDecoder {
         Ok(decoder)
     }
 
+    /// Learns the channel count by decoding the first packet, which is kept for
+    /// [`FileDecoder::next_packet`] to return first.
     fn peek_channels(&mut self) -> Result<usize, Diagnostic> {
-        let channels = self
+        let mut channels = self
             .decoder
             .codec_params()
             .channels
             .map(|c| c.count())
             .unwrap_or(0);
+        if channels == 0 {
+            channels = self.decode_first_packet()?;
+        }
         if (1..=MAX_FILE_CHANNELS).contains(&channels) {
             return Ok(channels);
         }
@@ -139,6 +147,29 @@ impl FileDecoder {
             &self.path,
             format!("the header says {channels} channels: expected 1 to {MAX_FILE_CHANNELS}"),
         ))
+    }
+
+    fn decode_first_packet(&mut self) -> Result<usize, Diagnostic> {
+        loop {
+            let packet = match self.format.next_packet() {
+                Ok(packet) => packet,
+                Err(_) => return Ok(0),
+            };
+            if packet.track_id() != self.track_id {
+                continue;
+            }
+            let decoded = match self.decoder.decode(&packet) {
+                Ok(decoded) => decoded,
+                Err(SymphoniaError::DecodeError(_)) => continue,
+                Err(e) => return Err(Diagnostic::file(&self.path, describe(&e))),
+            };
+            let spec = *decoded.spec();
+            let mut buffer = SampleBuffer::new(decoded.capacity() as u64, spec);
+            buffer.copy_interleaved_ref(decoded);
+            self.buffer = Some(buffer);
+            self.first_packet_pending = true;
+            return Ok(spec.channels.count());
+        }
     }
 
     /// What the header says.
@@ -149,6 +180,10 @@ impl FileDecoder {
     /// The next packet as interleaved samples (`info().channels` per frame), or `None` at the
     /// end. Corrupt packets are skipped; a run of them is an error.
     pub fn next_packet(&mut self) -> Result<Option<&[f32]>, Diagnostic> {
+        if self.first_packet_pending {
+            self.first_packet_pending = false;
+            return Ok(self.buffer.as_ref().map(|b| b.samples()));
+        }
         loop {
             let packet = match self.format.next_packet() {
                 Ok(packet) => packet,
