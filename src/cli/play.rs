@@ -63,9 +63,6 @@ pub fn report_library_problems(show: &Show) -> usize {
     for problem in &show.library.errors {
         error!("{problem}");
     }
-    if show.config.has_midi_section {
-        warn!("the `midi:` section of the config is read but MIDI output is not part of this build yet");
-    }
     show.library.errors.len()
 }
 

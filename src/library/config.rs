@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use serde_yaml::Value;
 
 use super::diagnostic::{locate, Diagnostic};
+use super::song::MidiEvent;
 
 /// The player configuration, with every default filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,8 +24,64 @@ pub struct Config {
     pub audio: AudioConfig,
     /// Real-time scheduling settings.
     pub realtime: RealtimeConfig,
-    /// Whether the config has a `midi:` section (MIDI outputs are not part of this build yet).
-    pub has_midi_section: bool,
+    /// MIDI outputs (beat clock, MIDI file) and footswitch control.
+    pub midi: MidiConfig,
+}
+
+/// The `midi:` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MidiConfig {
+    /// Where the beat clock and MIDI files go.
+    pub outputs: Vec<MidiOutputConfig>,
+    /// Footswitch mapping, if any.
+    pub control: Option<MidiControlConfig>,
+    /// Keep the beat clock running at the last tempo between songs (for drum machines that
+    /// should not stop), instead of Stop at the end of each song.
+    pub persist_tempo: bool,
+}
+
+/// One MIDI output and what it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MidiOutputConfig {
+    /// Name used in logs and reports.
+    pub name: String,
+    /// Where the bytes go.
+    pub target: MidiTarget,
+    /// Send the beat clock (Start, Timing Clock, Stop, SPP/Continue).
+    pub clock: bool,
+    /// Send the songs' MIDI files (and `midi_event` on song select).
+    pub midi_file: bool,
+    /// Milliseconds to delay (positive) or advance (negative) this output, to line up with
+    /// audio latency.
+    pub offset_ms: f64,
+}
+
+/// The kinds of MIDI destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MidiTarget {
+    /// A MIDI port by name (ALSA sequencer / CoreMIDI, through midir).
+    Port(String),
+    /// An ALSA rawmidi device such as `hw:1,0,0`.
+    Rawmidi(String),
+    /// A raw byte path: serial UART, /dev/snd/midiC*D*, a FIFO or a pty.
+    Path(PathBuf),
+    /// A JACK MIDI port (`client:port` name to connect to, or a port name to create).
+    Jack(String),
+}
+
+/// Footswitch events mapped to transport commands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MidiControlConfig {
+    /// The MIDI input port to listen on.
+    pub port: String,
+    /// Event that starts playback.
+    pub play: Option<MidiEvent>,
+    /// Event that stops playback.
+    pub stop: Option<MidiEvent>,
+    /// Event that jumps to the next song.
+    pub next: Option<MidiEvent>,
+    /// Event that goes to the previous song.
+    pub previous: Option<MidiEvent>,
 }
 
 /// Where and how audio goes out.
@@ -94,9 +150,58 @@ struct RawConfig {
     #[serde(default)]
     audio: Option<RawAudio>,
     #[serde(default)]
-    midi: Option<Value>,
+    midi: Option<RawMidi>,
     #[serde(default)]
     realtime: Option<RawRealtime>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMidi {
+    #[serde(default)]
+    outputs: Vec<RawMidiOutput>,
+    #[serde(default)]
+    control: Option<RawControl>,
+    #[serde(default)]
+    persist_tempo: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMidiOutput {
+    name: String,
+    #[serde(default)]
+    port: Option<String>,
+    #[serde(default)]
+    rawmidi: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    jack: Option<String>,
+    #[serde(default = "yes")]
+    clock: bool,
+    #[serde(default = "yes")]
+    midi_file: bool,
+    #[serde(default)]
+    offset_ms: f64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    port: String,
+    #[serde(default)]
+    play: Option<MidiEvent>,
+    #[serde(default)]
+    stop: Option<MidiEvent>,
+    #[serde(default)]
+    next: Option<MidiEvent>,
+    #[serde(default)]
+    previous: Option<MidiEvent>,
 }
 
 #[derive(Deserialize)]
@@ -143,7 +248,7 @@ impl Config {
             extra_roots: Vec::new(),
             audio: AudioConfig::default(),
             realtime: RealtimeConfig::default(),
-            has_midi_section: false,
+            midi: MidiConfig::default(),
         }
     }
 
@@ -254,6 +359,10 @@ impl Config {
                 ),
             ));
         }
+        let midi = match raw.midi {
+            None => MidiConfig::default(),
+            Some(raw_midi) => convert_midi(raw_midi, &base, &at, &mut errors),
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -264,7 +373,7 @@ impl Config {
             extra_roots: raw.extra_roots.iter().map(|r| base.join(r)).collect(),
             audio,
             realtime,
-            has_midi_section: raw.midi.is_some(),
+            midi,
         })
     }
 
@@ -297,19 +406,121 @@ impl Config {
     }
 }
 
+fn convert_midi(
+    raw: RawMidi,
+    base: &Path,
+    at: &dyn Fn(&str, Option<&str>, String) -> Diagnostic,
+    errors: &mut Vec<Diagnostic>,
+) -> MidiConfig {
+    let mut outputs = Vec::with_capacity(raw.outputs.len());
+    for output in raw.outputs {
+        let targets = [
+            output.port.clone().map(MidiTarget::Port),
+            output.rawmidi.clone().map(MidiTarget::Rawmidi),
+            output
+                .path
+                .as_deref()
+                .map(|p| MidiTarget::Path(base.join(p))),
+            output.jack.clone().map(MidiTarget::Jack),
+        ];
+        let mut chosen: Vec<MidiTarget> = targets.into_iter().flatten().collect();
+        if chosen.len() != 1 {
+            errors.push(at(
+                "name",
+                Some(&output.name),
+                format!(
+                    "MIDI output `{}` names {} destinations: expected exactly one of port, rawmidi, path, jack",
+                    output.name,
+                    chosen.len()
+                ),
+            ));
+            continue;
+        }
+        if !output.offset_ms.is_finite() || output.offset_ms.abs() > 1000.0 {
+            errors.push(at(
+                "offset_ms",
+                None,
+                format!(
+                    "MIDI output `{}` offset_ms {}: expected -1000 to 1000 milliseconds",
+                    output.name, output.offset_ms
+                ),
+            ));
+        }
+        outputs.push(MidiOutputConfig {
+            name: output.name,
+            target: chosen.remove(0),
+            clock: output.clock,
+            midi_file: output.midi_file,
+            offset_ms: output.offset_ms,
+        });
+    }
+    let control = raw.control.map(|c| {
+        for (key, event) in [
+            ("play", &c.play),
+            ("stop", &c.stop),
+            ("next", &c.next),
+            ("previous", &c.previous),
+        ] {
+            if let Some(Err(message)) = event.as_ref().map(MidiEvent::validate) {
+                errors.push(at(key, None, format!("midi.control.{key}: {message}")));
+            }
+        }
+        MidiControlConfig {
+            port: c.port,
+            play: c.play,
+            stop: c.stop,
+            next: c.next,
+            previous: c.previous,
+        }
+    });
+    MidiConfig {
+        outputs,
+        control,
+        persist_tempo: raw.persist_tempo,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_example_shape() {
-        let text = "songs: songs\nplaylist: playlists/main.yaml\naudio:\n  device: default\n  sample_rate: 48000\n  buffer_size: 128\n  track_mappings:\n    click: [1]\n    backing-l: [3]\nmidi:\n  outputs: []\nrealtime:\n  audio_priority: 70\n  clock_priority: 80\n  spin_us: 150\n  cpus: [1]\n";
+        let text = "songs: songs\nplaylist: playlists/main.yaml\naudio:\n  device: default\n  sample_rate: 48000\n  buffer_size: 128\n  track_mappings:\n    click: [1]\n    backing-l: [3]\nmidi:\n  outputs:\n    - { name: dm, path: fifo, offset_ms: -5 }\n  control:\n    port: FCB1010\n    next: { type: note_on, channel: 16, note: 62 }\nrealtime:\n  audio_priority: 70\n  clock_priority: 80\n  spin_us: 150\n  cpus: [1]\n";
         let config = Config::parse(Path::new("/show/backline.yaml"), text).expect("valid");
         assert_eq!(config.songs, PathBuf::from("/show/songs"));
         assert_eq!(config.output_channels(), 3);
         assert_eq!(config.outputs_for("click"), vec![1]);
         assert!(config.outputs_for("unmapped").is_empty());
         assert_eq!(config.realtime.cpus, vec![1]);
+        let output = &config.midi.outputs[0];
+        assert_eq!(output.target, MidiTarget::Path(PathBuf::from("/show/fifo")));
+        assert!(output.clock && output.midi_file);
+        assert_eq!(output.offset_ms, -5.0);
+        assert!(config.midi.control.as_ref().and_then(|c| c.next).is_some());
+    }
+
+    #[test]
+    fn midi_errors_carry_places() {
+        let text = "midi:\n  outputs:\n    - name: a\n      port: x\n      path: y\n  control:\n    port: p\n    play: { type: note_on, channel: 0, note: 1 }\n";
+        let errors = Config::parse(Path::new("b.yaml"), text).expect_err("invalid");
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("b.yaml:3:") && t.contains("exactly one of")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("b.yaml:8:") && t.contains("channel 0")),
+            "{text:?}"
+        );
+        let unknown = Config::parse(
+            Path::new("b.yaml"),
+            "midi:\n  outputs:\n    - name: a\n      colck: true\n      path: x\n",
+        )
+        .expect_err("typo");
+        assert_eq!(unknown[0].line, Some(4), "{}", unknown[0]);
     }
 
     #[test]

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use config::{AudioConfig, Config, RealtimeConfig, MAX_OUTPUT_CHANNELS};
+pub use config::{
+    AudioConfig, Config, MidiConfig, MidiControlConfig, MidiOutputConfig, MidiTarget,
+    RealtimeConfig, MAX_OUTPUT_CHANNELS,
+};
 pub use diagnostic::{locate, Diagnostic, Place};
 pub use paths::RootPolicy;
 pub use song::{

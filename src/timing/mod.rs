@@ -3,6 +3,8 @@
 //! seconds from the start of the song's audio. The beat clock derives every tick's deadline
 //! from this map (never from "last tick + interval"), so it cannot drift.
 
+pub mod anchor;
+
 use crate::library::{TempoSpec, TimeSignature};
 
 /// One stretch of constant or linearly changing tempo.
