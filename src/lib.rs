@@ -8,6 +8,7 @@ pub mod cli;
 pub mod engine;
 pub mod library;
 pub mod media;
+pub mod midi;
 pub mod rt;
 pub mod stats;
 pub mod timing;

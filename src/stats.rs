@@ -17,17 +17,28 @@ pub enum Metric {
     AudioIntervalError,
     /// Audio callback: time spent rendering.
     AudioBusy,
+    /// Beat clock: completion of the write − deadline.
+    ClockLateness,
+    /// MIDI-file events: completion of the write − deadline.
+    MidiEventLateness,
 }
 
 impl Metric {
     /// All metrics, in report order.
-    pub const ALL: [Metric; 2] = [Metric::AudioIntervalError, Metric::AudioBusy];
+    pub const ALL: [Metric; 4] = [
+        Metric::AudioIntervalError,
+        Metric::AudioBusy,
+        Metric::ClockLateness,
+        Metric::MidiEventLateness,
+    ];
 
     /// How the report names it.
     pub fn label(self) -> &'static str {
         match self {
             Metric::AudioIntervalError => "audio callback |interval - period|",
             Metric::AudioBusy => "audio callback time",
+            Metric::ClockLateness => "beat clock lateness",
+            Metric::MidiEventLateness => "MIDI file event lateness",
         }
     }
 }
@@ -163,6 +174,7 @@ impl Figures {
 /// The stats thread and the figures it keeps.
 pub struct StatsCollector {
     figures: Arc<Mutex<Figures>>,
+    rings: Arc<Mutex<Vec<rtrb::Consumer<Sample>>>>,
     dropped: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -175,20 +187,23 @@ pub const RING_CAPACITY: usize = 16_384;
 impl StatsCollector {
     /// Starts the stats thread with one ring; returns the collector and the ring's sender.
     pub fn start() -> (StatsCollector, SampleSender) {
-        let (producer, mut consumer) = rtrb::RingBuffer::new(RING_CAPACITY);
         let figures = Arc::new(Mutex::new(Figures::default()));
+        let rings: Arc<Mutex<Vec<rtrb::Consumer<Sample>>>> = Arc::new(Mutex::new(Vec::new()));
         let dropped = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let figures = figures.clone();
+            let rings = rings.clone();
             let stop = stop.clone();
             thread::Builder::new()
                 .name("backline-stats".into())
                 .spawn(move || loop {
                     let finishing = stop.load(Ordering::Acquire);
-                    if let Ok(mut f) = figures.lock() {
-                        while let Ok(sample) = consumer.pop() {
-                            f.record(sample);
+                    if let (Ok(mut f), Ok(mut rings)) = (figures.lock(), rings.lock()) {
+                        for ring in rings.iter_mut() {
+                            while let Ok(sample) = ring.pop() {
+                                f.record(sample);
+                            }
                         }
                     }
                     if finishing {
@@ -198,18 +213,27 @@ impl StatsCollector {
                 })
                 .ok()
         };
-        (
-            StatsCollector {
-                figures,
-                dropped: dropped.clone(),
-                stop,
-                thread,
-            },
-            SampleSender {
-                ring: producer,
-                dropped,
-            },
-        )
+        let collector = StatsCollector {
+            figures,
+            rings,
+            dropped,
+            stop,
+            thread,
+        };
+        let sender = collector.sender();
+        (collector, sender)
+    }
+
+    /// A new ring for one more real-time thread (each ring has exactly one producer).
+    pub fn sender(&self) -> SampleSender {
+        let (producer, consumer) = rtrb::RingBuffer::new(RING_CAPACITY);
+        if let Ok(mut rings) = self.rings.lock() {
+            rings.push(consumer);
+        }
+        SampleSender {
+            ring: producer,
+            dropped: self.dropped.clone(),
+        }
     }
 
     /// The figures so far.

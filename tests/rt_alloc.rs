@@ -119,3 +119,83 @@ fn audio_callback_never_allocates() {
     );
     assert_eq!(control.status.leaked.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn clock_thread_never_allocates() {
+    use backline::library::{MidiOutputConfig, MidiTarget};
+    use backline::midi::{
+        file::parse_schedule, ClockCommand, ClockSettings, ClockSong, ClockThread, Outputs,
+    };
+    use backline::stats::StatsCollector;
+    use backline::timing::anchor::{anchor, Anchor};
+    use backline::timing::{AudioClock, TempoMap};
+
+    // Built off the RT threads.
+    let (mut audio_writer, audio_clock) = AudioClock::new(48_000);
+    let (mut anchor_writer, anchor_reader) = anchor();
+    let outputs = Outputs::open(&[MidiOutputConfig {
+        name: "null".into(),
+        target: MidiTarget::Path("/dev/null".into()),
+        clock: true,
+        midi_file: true,
+        offset_ms: 0.0,
+    }]);
+    let (stats, _audio_sender) = StatsCollector::start();
+    let (mut commands, commands_rx) = rtrb::RingBuffer::new(16);
+    let settings = ClockSettings {
+        sample_rate: 48_000,
+        spin_us: 100,
+        rt: RtSettings::default(),
+        probe: rt::probe().summary(),
+    };
+    let (clock, _trash) = ClockThread::start(
+        outputs.slots.clone(),
+        audio_clock,
+        anchor_reader,
+        commands_rx,
+        stats.sender(),
+        settings,
+    )
+    .expect("clock thread");
+    let midi = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/songs-example/songs/03-with-midi/song.mid"
+    ))
+    .expect("example MIDI file");
+    for id in 1..=3 {
+        let song = ClockSong {
+            id,
+            tempo: Some(TempoMap::constant(300.0)),
+            schedule: Some(parse_schedule(&midi, &[]).expect("schedule")),
+        };
+        assert!(commands.push(ClockCommand::Prepare(Box::new(song))).is_ok());
+    }
+    // A simulated audio callback drives the audio clock and the anchor; the clock thread
+    // (which wraps its hot loop in assert_no_alloc) plays ticks and notes, switches songs,
+    // stops, and sends a song-select event. Any allocation there aborts this test.
+    let period = std::time::Duration::from_micros(5333);
+    let mut frame = 0u64;
+    for step in 0..450u64 {
+        let song_id = 1 + step / 150;
+        assert_no_alloc(|| {
+            audio_writer.update(frame, backline::engine::callback::monotonic_ns());
+            anchor_writer.publish(Anchor {
+                song_id,
+                start_frame: (song_id - 1) * 150 * 256,
+                playing: step < 440,
+            });
+        });
+        frame += 256;
+        std::thread::sleep(period);
+    }
+    assert!(commands
+        .push(ClockCommand::SendNow([0xC0, 5, 0], 2))
+        .is_ok());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    clock.finish();
+    let figures = stats.finish();
+    let ticks = figures
+        .get(backline::stats::Metric::ClockLateness)
+        .map_or(0, |h| h.summary().count);
+    assert!(ticks > 100, "the clock ticked ({ticks} ticks recorded)");
+}

@@ -13,10 +13,15 @@ use tracing::{error, info, warn};
 use super::console::{self, NoStatus, StatusLine, TerminalGuard};
 use crate::engine::output::{self, OutputRequest};
 use crate::engine::render::{wav_path, RenderSettings, WavRender};
-use crate::engine::{transport, AudioCallback, FirstCallbackHook, Player, RunSummary};
-use crate::library::Show;
+use crate::engine::{
+    transport, AudioCallback, FirstCallbackHook, Player, RunSummary, SongObserver,
+};
+use crate::library::{Diagnostic, Show, Song};
+use crate::midi::{self, ClockCommand, ClockSettings, ClockSong, ClockThread, Outputs};
 use crate::rt::{self, CpuSet, Role, RtSettings};
 use crate::stats::{StatsCollector, TimingReport};
+use crate::timing::anchor::anchor;
+use crate::timing::{AudioClock, TempoMap};
 
 /// Options of `backline play`.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +36,60 @@ pub struct PlayOptions {
     pub rt_priority: Option<u8>,
     /// `--speed X`: WAV renders only, X times faster than real time.
     pub speed: Option<f64>,
+}
+
+/// Feeds the clock thread: each prepared song's tempo map and MIDI file, each selected
+/// song's `midi_event`; drops the songs the clock thread hands back.
+struct MidiFeeder {
+    commands: rtrb::Producer<ClockCommand>,
+    trash: rtrb::Consumer<Box<ClockSong>>,
+}
+
+impl MidiFeeder {
+    fn send(&mut self, command: ClockCommand) {
+        let mut command = command;
+        for _ in 0..50 {
+            match self.commands.push(command) {
+                Ok(()) => return,
+                Err(rtrb::PushError::Full(back)) => {
+                    command = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+        error!("the clock thread is not taking commands: MIDI for a song dropped");
+    }
+}
+
+impl SongObserver for MidiFeeder {
+    fn prepared(
+        &mut self,
+        id: u64,
+        song: &Song,
+        tempo: Option<&TempoMap>,
+    ) -> Result<(), Diagnostic> {
+        while self.trash.pop().is_ok() {}
+        let schedule = match &song.midi_playback {
+            Some(playback) => Some(midi::load_schedule(
+                &playback.file,
+                &playback.exclude_midi_channels,
+            )?),
+            None => None,
+        };
+        self.send(ClockCommand::Prepare(Box::new(ClockSong {
+            id,
+            tempo: tempo.cloned(),
+            schedule,
+        })));
+        Ok(())
+    }
+
+    fn selected(&mut self, song: &Song) {
+        if let Some(event) = song.midi_event {
+            let (bytes, len) = event.to_bytes();
+            self.send(ClockCommand::SendNow(bytes, len as u8));
+        }
+    }
 }
 
 /// Real-time settings from the config and command line.
@@ -104,8 +163,10 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         .unwrap_or_else(|| show.config.audio.device.clone());
     let settings = rt_settings(&show, options);
     let probe = rt::probe().summary();
-    let (transport, control) = transport::transport();
+    let (mut transport, control) = transport::transport();
     let status = control.status.clone();
+    let (anchor_writer, anchor_reader) = anchor();
+    transport.set_anchor(anchor_writer);
 
     // Choose the output first: the player needs its rate and channel count to prepare songs.
     let wav = wav_path(&device).map(Path::to_path_buf);
@@ -154,13 +215,42 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         usize::from(channels),
         description,
     );
+    let (stats, timing_tx) = StatsCollector::start();
+    let (audio_clock_writer, audio_clock) = AudioClock::new(rate);
+    let mut clock = None;
+    if !show.config.midi.outputs.is_empty() {
+        let outputs = Outputs::open(&show.config.midi.outputs);
+        let (commands_tx, commands_rx) = rtrb::RingBuffer::new(64);
+        let settings = ClockSettings {
+            sample_rate: rate,
+            spin_us: show.config.realtime.spin_us,
+            rt: settings,
+            probe,
+        };
+        match ClockThread::start(
+            outputs.slots.clone(),
+            audio_clock,
+            anchor_reader,
+            commands_rx,
+            stats.sender(),
+            settings,
+        ) {
+            Ok((thread, trash)) => {
+                player.set_observer(Box::new(MidiFeeder {
+                    commands: commands_tx,
+                    trash,
+                }));
+                clock = Some((thread, outputs));
+            }
+            Err(e) => error!("{e}: the show plays without MIDI"),
+        }
+    }
     if !player.load_first(true) {
         error!("nothing to play: every song in the set failed to load");
         return 1;
     }
 
-    let (stats, timing_tx) = StatsCollector::start();
-    let callback = AudioCallback::new(
+    let mut callback = AudioCallback::new(
         transport,
         status.clone(),
         usize::from(channels),
@@ -168,6 +258,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         (wav.is_none()).then_some(promote),
         Some(timing_tx),
     );
+    callback.set_audio_clock(audio_clock_writer);
     // Keep the output alive for the whole run.
     enum Running {
         Device(output::CpalOutput),
@@ -244,6 +335,10 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         drop(request_tx);
         player.run(&request_rx, &quit, true, &mut NoStatus)
     };
+    // The transport has stopped: the clock sends Stop and All Notes Off before it ends.
+    if let Some((thread, _outputs)) = clock.take() {
+        thread.finish();
+    }
     rt::log_pending_reports();
 
     match running {

@@ -10,6 +10,7 @@ use cpal::{FromSample, Sample};
 use super::mixer::{PlanarBuffer, MAX_BLOCK_FRAMES};
 use super::transport::{Processed, SharedStatus, Transport};
 use crate::stats::{Metric, SampleSender};
+use crate::timing::AudioClockWriter;
 
 /// Nanoseconds on CLOCK_MONOTONIC (a vDSO call: no allocation, no lock).
 pub fn monotonic_ns() -> u64 {
@@ -36,6 +37,8 @@ pub struct AudioCallback {
     first_call_done: bool,
     timings: Option<SampleSender>,
     status: Arc<SharedStatus>,
+    audio_clock: Option<AudioClockWriter>,
+    device_frame: u64,
 }
 
 impl AudioCallback {
@@ -58,7 +61,14 @@ impl AudioCallback {
             first_call_done: false,
             timings,
             status,
+            audio_clock: None,
+            device_frame: 0,
         }
+    }
+
+    /// Feeds every callback's (device frame, time) to the audio clock the beat clock uses.
+    pub fn set_audio_clock(&mut self, writer: AudioClockWriter) {
+        self.audio_clock = Some(writer);
     }
 
     /// Renders straight into an f32 buffer. Returns where the set ended, if it did.
@@ -98,6 +108,10 @@ impl AudioCallback {
             }
         }
         let now = monotonic_ns();
+        if let Some(clock) = self.audio_clock.as_mut() {
+            clock.update(self.device_frame, now);
+        }
+        self.device_frame += (samples / self.channels) as u64;
         let period_ns = self.period_ns(samples);
         if self.last_start_ns != 0 {
             let interval = now.saturating_sub(self.last_start_ns) as i64;

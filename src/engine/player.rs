@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use super::mixer::{db_to_gain, routes_for, SongMixer, StemMix};
 use super::transport::{Command, Event, PreparedSong, TransportControl};
-use crate::library::{Config, Diagnostic, Setlist};
+use crate::library::{Config, Diagnostic, Setlist, Song};
 use crate::media;
 use crate::timing::TempoMap;
 
@@ -75,6 +75,20 @@ pub trait StatusSink {
     fn update(&mut self, status: &StatusSnapshot);
 }
 
+/// Told about songs as the player prepares and selects them (the MIDI side hangs here, so
+/// the engine does not depend on it).
+pub trait SongObserver {
+    /// A song was prepared under `id`; an error skips the song like a broken audio file.
+    fn prepared(
+        &mut self,
+        id: u64,
+        song: &Song,
+        tempo: Option<&TempoMap>,
+    ) -> Result<(), Diagnostic>;
+    /// A song became the current one (started, or selected while stopped).
+    fn selected(&mut self, song: &Song);
+}
+
 /// Outcome of a whole run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunSummary {
@@ -110,6 +124,7 @@ pub struct Player {
     summary: RunSummary,
     playing: bool,
     device_lost_reported: bool,
+    observer: Option<Box<dyn SongObserver>>,
 }
 
 impl Player {
@@ -138,7 +153,13 @@ impl Player {
             summary: RunSummary::default(),
             playing: false,
             device_lost_reported: false,
+            observer: None,
         }
+    }
+
+    /// Registers the observer told about prepared and selected songs.
+    pub fn set_observer(&mut self, observer: Box<dyn SongObserver>) {
+        self.observer = Some(observer);
     }
 
     /// Loads the first playable song (pre-rolled) and queues the one after, before the
@@ -376,9 +397,12 @@ impl Player {
         }
     }
 
-    fn announce(&self, id: u64, what: &str) {
+    fn announce(&mut self, id: u64, what: &str) {
         if let Some(info) = self.prepared.get(&id) {
             if let Some(song) = self.setlist.songs.get(info.index) {
+                if let Some(observer) = self.observer.as_mut() {
+                    observer.selected(song);
+                }
                 let length = info
                     .length_frames
                     .map(|f| format!(", {:.1} s", f as f64 / f64::from(self.device_rate)))
@@ -549,6 +573,10 @@ impl Player {
         });
         let id = self.next_id;
         self.next_id += 1;
+        if let Some(observer) = self.observer.as_mut() {
+            let tempo = self.tempo_maps.get(&index).and_then(Option::as_ref);
+            observer.prepared(id, song, tempo)?;
+        }
         self.prepared.insert(
             id,
             SongInfo {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::mixer::{PlanarBuffer, SongMixer, MAX_BLOCK_FRAMES};
+use crate::timing::anchor::{Anchor, AnchorWriter};
 
 /// A song ready to play: its mixer plus identity and length.
 pub struct PreparedSong {
@@ -95,6 +96,10 @@ pub struct Transport {
     queued: Option<Box<PreparedSong>>,
     playing: bool,
     status: Arc<SharedStatus>,
+    /// Device frames rendered before the current block.
+    device_frame: u64,
+    /// Where the current song sits on the device frame counter, for the beat clock.
+    anchor: Option<AnchorWriter>,
 }
 
 /// The control thread's side of the transport.
@@ -127,6 +132,8 @@ pub fn transport() -> (Transport, TransportControl) {
             queued: None,
             playing: false,
             status: status.clone(),
+            device_frame: 0,
+            anchor: None,
         },
         TransportControl {
             commands: command_tx,
@@ -145,6 +152,12 @@ pub struct Processed {
 }
 
 impl Transport {
+    /// Publishes the current song's position on the device frame counter to `anchor` after
+    /// every block (the beat clock follows it).
+    pub fn set_anchor(&mut self, anchor: AnchorWriter) {
+        self.anchor = Some(anchor);
+    }
+
     /// Fills the first `frames` frames (at most [`MAX_BLOCK_FRAMES`]) of `output`.
     /// Real-time safe: no allocation, no locks, no I/O.
     pub fn process(&mut self, output: &mut PlanarBuffer, frames: usize) -> Processed {
@@ -190,6 +203,15 @@ impl Transport {
         }
         self.status.playing.store(self.playing, Ordering::Relaxed);
         let (id, position) = self.current.as_ref().map_or((0, 0), |s| (s.id, s.position));
+        self.device_frame += frames as u64;
+        if let Some(anchor) = self.anchor.as_mut() {
+            // Frame `position` of the song is the one just before device frame `device_frame`.
+            anchor.publish(Anchor {
+                song_id: id,
+                start_frame: self.device_frame.saturating_sub(position),
+                playing: self.playing,
+            });
+        }
         self.status.current_id.store(id, Ordering::Relaxed);
         self.status.position.store(position, Ordering::Relaxed);
         self.status.callbacks.fetch_add(1, Ordering::Relaxed);

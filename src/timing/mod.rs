@@ -4,6 +4,9 @@
 //! from this map (never from "last tick + interval"), so it cannot drift.
 
 pub mod anchor;
+pub mod audio_clock;
+
+pub use audio_clock::{AudioClock, AudioClockWriter, ClockMapping};
 
 use crate::library::{TempoSpec, TimeSignature};
 

@@ -1,0 +1,426 @@
+//! The beat clock and MIDI-file thread. Every deadline is absolute: tick n of a song falls at
+//! the song-relative time the tempo map gives for beat n/24, which becomes a device frame
+//! (song start frame + seconds × rate) and then a CLOCK_MONOTONIC time through the audio
+//! clock, so MIDI follows the interface's crystal and never accumulates drift. The thread
+//! sleeps with `clock_nanosleep(TIMER_ABSTIME)` until shortly before a deadline, spins the
+//! rest, writes, and records its lateness. The hot loop follows DESIGN.md's RT rules.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use super::file::MidiSchedule;
+use super::output::OutputSlot;
+use crate::engine::callback::monotonic_ns;
+use crate::rt::{self, ProbeSummary, Role, RtSettings};
+use crate::stats::{Metric, SampleSender};
+use crate::timing::anchor::AnchorReader;
+use crate::timing::{sleep_until_ns, AudioClock, TempoMap};
+
+/// MIDI real-time and system common bytes.
+pub const TIMING_CLOCK: u8 = 0xF8;
+/// Start from the top.
+pub const START: u8 = 0xFA;
+/// Continue from the Song Position Pointer.
+pub const CONTINUE: u8 = 0xFB;
+/// Stop.
+pub const STOP: u8 = 0xFC;
+/// Song Position Pointer (followed by 14 bits of sixteenth notes, LSB first).
+pub const SONG_POSITION: u8 = 0xF2;
+/// Pulses per quarter note of the MIDI beat clock.
+pub const PPQN: f64 = 24.0;
+/// Longest single sleep, so anchor changes (stop, next song) are noticed quickly.
+const MAX_SLEEP_NS: u64 = 2_000_000;
+/// How far into a song the clock may first see it and still start from the top.
+const LATE_JOIN_SECONDS: f64 = 0.1;
+/// Songs the thread keeps prepared (current, queued, previous, and a spare).
+const SONG_SLOTS: usize = 8;
+
+/// What the clock needs of a song, prepared off the RT thread.
+pub struct ClockSong {
+    /// Preparation id (matches the engine's).
+    pub id: u64,
+    /// The beat clock's tempo map, when the song has one.
+    pub tempo: Option<TempoMap>,
+    /// The song's MIDI file, when it has one.
+    pub schedule: Option<MidiSchedule>,
+}
+
+/// Requests to the clock thread.
+pub enum ClockCommand {
+    /// A song that may become current.
+    Prepare(Box<ClockSong>),
+    /// Bytes to send at once on MIDI-file outputs (a song's `midi_event` on select).
+    SendNow([u8; 3], u8),
+}
+
+/// Settings of the clock thread.
+#[derive(Clone, Copy)]
+pub struct ClockSettings {
+    /// Device frames per second.
+    pub sample_rate: u32,
+    /// Busy-wait window before each deadline, in µs (0 = sleep only).
+    pub spin_us: u32,
+    /// Real-time settings for the promotion.
+    pub rt: RtSettings,
+    /// What the probe found, for the promotion.
+    pub probe: ProbeSummary,
+}
+
+/// The running clock thread.
+pub struct ClockThread {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Per-song play state inside the hot loop (plain values, no allocation).
+struct Playing {
+    slot: usize,
+    start_frame: u64,
+    next_tick: u64,
+    next_event: usize,
+    started: bool,
+}
+
+struct Clock {
+    outputs: Vec<Arc<OutputSlot>>,
+    audio: AudioClock,
+    anchor: AnchorReader,
+    commands: rtrb::Consumer<ClockCommand>,
+    trash: rtrb::Producer<Box<ClockSong>>,
+    songs: [Option<Box<ClockSong>>; SONG_SLOTS],
+    playing: Option<Playing>,
+    current_id: u64,
+    stats: SampleSender,
+    settings: ClockSettings,
+}
+
+impl ClockThread {
+    /// Starts the thread; it promotes itself to SCHED_FIFO at the clock priority. Also
+    /// returns the ring of songs the thread is done with, to be dropped on a normal thread.
+    pub fn start(
+        outputs: Vec<Arc<OutputSlot>>,
+        audio: AudioClock,
+        anchor: AnchorReader,
+        commands: rtrb::Consumer<ClockCommand>,
+        stats: SampleSender,
+        settings: ClockSettings,
+    ) -> Result<(ClockThread, rtrb::Consumer<Box<ClockSong>>), String> {
+        let (trash_tx, trash_rx) = rtrb::RingBuffer::new(64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut clock = Clock {
+            outputs,
+            audio,
+            anchor,
+            commands,
+            trash: trash_tx,
+            songs: Default::default(),
+            playing: None,
+            current_id: 0,
+            stats,
+            settings,
+        };
+        let handle = {
+            let stop = stop.clone();
+            thread::Builder::new()
+                .name("backline-clock".into())
+                .spawn(move || {
+                    rt::prefault_stack();
+                    rt::promote_current_thread(Role::Clock, &settings.rt, &settings.probe);
+                    // The hot loop runs under the allocation guard: a no-op with the normal
+                    // allocator, an abort in tests that install `AllocDisabler`.
+                    assert_no_alloc::assert_no_alloc(|| {
+                        clock.run(&stop);
+                        clock.stop_song();
+                    });
+                })
+                .map_err(|e| format!("cannot start the clock thread: {e}"))?
+        };
+        Ok((
+            ClockThread {
+                stop,
+                handle: Some(handle),
+            },
+            trash_rx,
+        ))
+    }
+
+    /// Stops the thread after it sends Stop and All Notes Off.
+    pub fn finish(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for ClockThread {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Clock {
+    fn run(&mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Acquire) {
+            self.handle_commands();
+            self.follow_anchor();
+            let now = monotonic_ns();
+            let Some((deadline, is_tick)) = self.next_deadline() else {
+                sleep_until_ns(now + MAX_SLEEP_NS);
+                continue;
+            };
+            if deadline > now + MAX_SLEEP_NS {
+                // Far away: sleep a slice and look at the anchor again.
+                sleep_until_ns((deadline - self.spin_ns()).min(now + MAX_SLEEP_NS));
+                continue;
+            }
+            if deadline > now + self.spin_ns() {
+                sleep_until_ns(deadline - self.spin_ns());
+            }
+            while monotonic_ns() < deadline {
+                std::hint::spin_loop();
+            }
+            if is_tick {
+                self.send_tick();
+            } else {
+                self.send_event();
+            }
+            let lateness = monotonic_ns() as i64 - deadline as i64;
+            self.stats.send(
+                if is_tick {
+                    Metric::ClockLateness
+                } else {
+                    Metric::MidiEventLateness
+                },
+                lateness,
+            );
+        }
+    }
+
+    fn spin_ns(&self) -> u64 {
+        u64::from(self.settings.spin_us) * 1000
+    }
+
+    fn handle_commands(&mut self) {
+        while let Ok(command) = self.commands.pop() {
+            match command {
+                ClockCommand::Prepare(song) => self.store_song(song),
+                ClockCommand::SendNow(bytes, len) => {
+                    for output in self.outputs.iter().filter(|o| o.midi_file) {
+                        output.write(&bytes[..usize::from(len)]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn store_song(&mut self, song: Box<ClockSong>) {
+        let active = self.playing.as_ref().map(|p| p.slot);
+        let free = self.songs.iter().position(Option::is_none).or_else(|| {
+            // Evict the oldest song that is not playing.
+            (0..SONG_SLOTS)
+                .filter(|&i| Some(i) != active)
+                .min_by_key(|&i| self.songs[i].as_ref().map_or(0, |s| s.id))
+        });
+        if let Some(slot) = free {
+            if let Some(old) = self.songs[slot].replace(song) {
+                self.discard(old);
+            }
+        } else {
+            self.discard(song);
+        }
+    }
+
+    fn discard(&mut self, song: Box<ClockSong>) {
+        if let Err(rtrb::PushError::Full(song)) = self.trash.push(song) {
+            // Never free on the RT thread.
+            std::mem::forget(song);
+        }
+    }
+
+    /// Starts, stops or switches songs as the audio transport does.
+    fn follow_anchor(&mut self) {
+        let anchor = self.anchor.read();
+        if !anchor.playing {
+            if self.playing.is_some() {
+                self.stop_song();
+            }
+            return;
+        }
+        if anchor.song_id == self.current_id && self.playing.is_some() {
+            return;
+        }
+        let Some(slot) = self
+            .songs
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.id == anchor.song_id))
+        else {
+            return;
+        };
+        if self.playing.is_some() {
+            self.stop_song();
+        }
+        self.current_id = anchor.song_id;
+        let mut playing = Playing {
+            slot,
+            start_frame: anchor.start_frame,
+            next_tick: 0,
+            next_event: 0,
+            started: false,
+        };
+        // Joining late (the song started before this thread saw it): resume from where the
+        // song is, with Song Position Pointer + Continue, rather than a burst of old ticks.
+        let now_frame = self
+            .audio
+            .frame_at_time(monotonic_ns())
+            .unwrap_or(anchor.start_frame);
+        let seconds = now_frame.saturating_sub(anchor.start_frame) as f64
+            / f64::from(self.settings.sample_rate);
+        // A few milliseconds late is the normal case (the song started in the last audio
+        // period): play everything from the top, slightly late, rather than skip.
+        let joined_late = seconds > LATE_JOIN_SECONDS;
+        if let Some(song) = self.songs[slot].as_ref().filter(|_| joined_late) {
+            if let Some(tempo) = &song.tempo {
+                let beat = tempo.beat_at_seconds(seconds);
+                if beat > 1.0 / PPQN {
+                    let sixteenths = (beat * 4.0).floor().clamp(0.0, 16383.0) as u16;
+                    let spp = [
+                        SONG_POSITION,
+                        (sixteenths & 0x7f) as u8,
+                        (sixteenths >> 7) as u8,
+                    ];
+                    self.write_clock(&spp);
+                    self.write_clock(&[CONTINUE]);
+                    playing.started = true;
+                    playing.next_tick = (f64::from(sixteenths) / 4.0 * PPQN).ceil() as u64;
+                }
+            }
+            if let Some(schedule) = &song.schedule {
+                playing.next_event = schedule.first_index_at_or_after(seconds);
+            }
+        }
+        self.playing = Some(playing);
+    }
+
+    fn stop_song(&mut self) {
+        let Some(playing) = self.playing.take() else {
+            return;
+        };
+        if playing.started {
+            self.write_clock(&[STOP]);
+        }
+        if let Some(schedule) = self.songs[playing.slot]
+            .as_ref()
+            .and_then(|s| s.schedule.as_ref())
+        {
+            let channels = schedule.channels_used;
+            for output in self.outputs.iter().filter(|o| o.midi_file) {
+                for message in super::file::all_notes_off(channels) {
+                    output.write(&message);
+                }
+            }
+        }
+        self.current_id = 0;
+    }
+
+    /// Time of a song-relative second on this machine's clock, or None before the audio
+    /// clock has its first callback.
+    fn deadline_of(&self, start_frame: u64, seconds: f64) -> Option<u64> {
+        let frame = start_frame as f64 + seconds * f64::from(self.settings.sample_rate);
+        if frame < 0.0 {
+            return None;
+        }
+        self.audio.time_of_frame(frame.round() as u64)
+    }
+
+    /// The earliest pending deadline: (time, is it a clock tick).
+    fn next_deadline(&self) -> Option<(u64, bool)> {
+        let playing = self.playing.as_ref()?;
+        let song = self.songs[playing.slot].as_ref()?;
+        let tick = song.tempo.as_ref().and_then(|tempo| {
+            let seconds = tempo.seconds_at_beat(playing.next_tick as f64 / PPQN);
+            self.deadline_of(playing.start_frame, seconds)
+                .map(|t| offset(t, self.clock_offset()))
+        });
+        let event = song.schedule.as_ref().and_then(|schedule| {
+            let event = schedule.events.get(playing.next_event)?;
+            self.deadline_of(playing.start_frame, event.seconds)
+                .map(|t| offset(t, self.file_offset()))
+        });
+        match (tick, event) {
+            (Some(t), Some(e)) if e < t => Some((e, false)),
+            (Some(t), _) => Some((t, true)),
+            (None, Some(e)) => Some((e, false)),
+            (None, None) => None,
+        }
+    }
+
+    fn clock_offset(&self) -> i64 {
+        self.outputs
+            .iter()
+            .filter(|o| o.clock)
+            .map(|o| o.offset_ns)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn file_offset(&self) -> i64 {
+        self.outputs
+            .iter()
+            .filter(|o| o.midi_file)
+            .map(|o| o.offset_ns)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn send_tick(&mut self) {
+        let Some(playing) = self.playing.as_mut() else {
+            return;
+        };
+        let first = !playing.started;
+        playing.started = true;
+        playing.next_tick += 1;
+        if first {
+            self.write_clock(&[START, TIMING_CLOCK]);
+        } else {
+            self.write_clock(&[TIMING_CLOCK]);
+        }
+    }
+
+    fn send_event(&mut self) {
+        let Some(playing) = self.playing.as_mut() else {
+            return;
+        };
+        let Some(event) = self.songs[playing.slot]
+            .as_ref()
+            .and_then(|s| s.schedule.as_ref())
+            .and_then(|s| s.events.get(playing.next_event))
+            .copied()
+        else {
+            return;
+        };
+        playing.next_event += 1;
+        for output in self.outputs.iter().filter(|o| o.midi_file) {
+            output.write(&event.bytes[..usize::from(event.len)]);
+        }
+    }
+
+    fn write_clock(&self, bytes: &[u8]) {
+        for output in self.outputs.iter().filter(|o| o.clock) {
+            output.write(bytes);
+        }
+    }
+}
+
+fn offset(time: u64, offset_ns: i64) -> u64 {
+    if offset_ns >= 0 {
+        time.saturating_add(offset_ns as u64)
+    } else {
+        time.saturating_sub(offset_ns.unsigned_abs())
+    }
+}

@@ -1,0 +1,218 @@
+//! MIDI outputs the real-time thread writes to. Each output is a slot holding a
+//! non-blocking file descriptor in an atomic: the clock thread only ever calls `write(2)` on
+//! it; opening, re-opening after a loss, and closing happen on a normal-priority connector
+//! thread, so a missing or unplugged device never blocks or stops the show.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::library::{MidiOutputConfig, MidiTarget};
+
+/// Shortest and longest wait between attempts to (re)open a missing output.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// One output as the clock thread sees it: atomics only.
+#[derive(Debug)]
+pub struct OutputSlot {
+    /// Name from the config.
+    pub name: String,
+    /// Open descriptor, or -1 while the device is missing.
+    fd: AtomicI32,
+    /// Set by the writer when a write fails for good (device gone, reader closed the FIFO).
+    lost: AtomicBool,
+    /// Bytes dropped because the device was missing or its buffer full.
+    pub dropped: AtomicU64,
+    /// Whether this output carries the beat clock.
+    pub clock: bool,
+    /// Whether this output carries MIDI files and song-select events.
+    pub midi_file: bool,
+    /// Signed offset applied to every deadline, in ns.
+    pub offset_ns: i64,
+}
+
+impl OutputSlot {
+    /// Writes `bytes` now. Real-time safe: one non-blocking `write(2)`, no allocation.
+    #[inline]
+    pub fn write(&self, bytes: &[u8]) {
+        let fd = self.fd.load(Ordering::Acquire);
+        if fd < 0 {
+            self.dropped
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        // SAFETY: fd is an open descriptor owned by this slot (the connector only closes it
+        // after swapping it out); bytes is a valid buffer of bytes.len() bytes.
+        let written = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if written < 0 {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if errno != libc::EAGAIN && errno != libc::EINTR {
+                self.lost.store(true, Ordering::Release);
+            }
+            self.dropped
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        } else if (written as usize) < bytes.len() {
+            self.dropped
+                .fetch_add((bytes.len() - written as usize) as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the output is open now.
+    pub fn is_connected(&self) -> bool {
+        self.fd.load(Ordering::Acquire) >= 0
+    }
+}
+
+/// All configured outputs, plus the connector thread that keeps them open.
+pub struct Outputs {
+    /// The slots, in config order.
+    pub slots: Vec<Arc<OutputSlot>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Outputs {
+    /// Opens what can be opened now; each output that cannot is one warning at start and is
+    /// retried in the background (250 ms doubling to 5 s) until it appears.
+    pub fn open(configs: &[MidiOutputConfig]) -> Outputs {
+        let mut slots = Vec::new();
+        let mut paths = Vec::new();
+        for config in configs {
+            let offset_ns = (config.offset_ms * 1e6) as i64;
+            let slot = Arc::new(OutputSlot {
+                name: config.name.clone(),
+                fd: AtomicI32::new(-1),
+                lost: AtomicBool::new(false),
+                dropped: AtomicU64::new(0),
+                clock: config.clock,
+                midi_file: config.midi_file,
+                offset_ns,
+            });
+            match &config.target {
+                MidiTarget::Path(path) => {
+                    match open_raw(path) {
+                        Ok(fd) => {
+                            slot.fd.store(fd, Ordering::Release);
+                            tracing::info!("MIDI output `{}`: {}", config.name, path.display());
+                        }
+                        Err(e) => tracing::warn!(
+                            "MIDI output `{}` ({}) is not available: {e}; the show plays without it and it is retried in the background",
+                            config.name,
+                            path.display()
+                        ),
+                    }
+                    paths.push((slot.clone(), path.clone()));
+                }
+                other => tracing::warn!(
+                    "MIDI output `{}`: {} outputs are not supported by this build yet (only `path:`); the show plays without it",
+                    config.name,
+                    match other {
+                        MidiTarget::Port(_) => "port",
+                        MidiTarget::Rawmidi(_) => "rawmidi",
+                        MidiTarget::Jack(_) => "jack",
+                        MidiTarget::Path(_) => "path",
+                    }
+                ),
+            }
+            slots.push(slot);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        if !paths.is_empty() {
+            let stop = stop.clone();
+            let spawned = thread::Builder::new()
+                .name("backline-midi-connect".into())
+                .spawn(move || reconnect_loop(&paths, &stop));
+            if let Err(e) = spawned {
+                tracing::error!("cannot start the MIDI reconnect thread: {e}");
+            }
+        }
+        Outputs { slots, stop }
+    }
+}
+
+impl Drop for Outputs {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn reconnect_loop(paths: &[(Arc<OutputSlot>, PathBuf)], stop: &AtomicBool) {
+    let mut waits: Vec<Duration> = vec![RETRY_MIN; paths.len()];
+    let mut next_try: Vec<std::time::Instant> = vec![std::time::Instant::now(); paths.len()];
+    while !stop.load(Ordering::Relaxed) {
+        for (index, (slot, path)) in paths.iter().enumerate() {
+            if slot.lost.swap(false, Ordering::AcqRel) {
+                let fd = slot.fd.swap(-1, Ordering::AcqRel);
+                if fd >= 0 {
+                    // SAFETY: the slot no longer hands out fd; we own it and close it once.
+                    unsafe { libc::close(fd) };
+                }
+                tracing::warn!(
+                    "MIDI output `{}` lost ({}); retrying",
+                    slot.name,
+                    path.display()
+                );
+                waits[index] = RETRY_MIN;
+                next_try[index] = std::time::Instant::now() + RETRY_MIN;
+            }
+            if slot.is_connected() || std::time::Instant::now() < next_try[index] {
+                continue;
+            }
+            match open_raw(path) {
+                Ok(fd) => {
+                    slot.fd.store(fd, Ordering::Release);
+                    waits[index] = RETRY_MIN;
+                    tracing::info!("MIDI output `{}` connected ({})", slot.name, path.display());
+                }
+                Err(_) => {
+                    next_try[index] = std::time::Instant::now() + waits[index];
+                    waits[index] = (waits[index] * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    for (slot, _) in paths {
+        let fd = slot.fd.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: swapped out of the slot; closed once.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Opens a raw byte path for non-blocking writes; a terminal (serial UART, pty) is switched
+/// to raw mode so no byte is translated.
+fn open_raw(path: &Path) -> Result<i32, String> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| "the path contains a NUL byte".to_string())?;
+    // SAFETY: c_path is a valid NUL-terminated string.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(match error.raw_os_error() {
+            Some(libc::ENXIO) => "no reader on the FIFO yet".to_string(),
+            _ => error.to_string(),
+        });
+    }
+    // SAFETY: fd is open; termios is plain data written by tcgetattr.
+    unsafe {
+        if libc::isatty(fd) == 1 {
+            let mut termios: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut termios) == 0 {
+                libc::cfmakeraw(&mut termios);
+                libc::tcsetattr(fd, libc::TCSANOW, &termios);
+            }
+        }
+    }
+    Ok(fd)
+}

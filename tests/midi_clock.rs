@@ -1,0 +1,223 @@
+//! The beat clock and MIDI-file playback on the wire: backline writes to a FIFO that the
+//! test reads, timestamping every byte on arrival with CLOCK_MONOTONIC. Audio is rendered in
+//! real time to a WAV file, so the clock is locked to a real (timer-driven) audio callback.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+
+use common::fixtures::TestShow;
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Creates a FIFO and a reader thread that returns every byte with its arrival time.
+fn fifo_reader(path: &Path) -> JoinHandle<Vec<(u64, u8)>> {
+    let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: c_path is a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        // Blocks until backline opens the write end; ends at EOF when backline exits.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(0)
+            .open(&path)
+            .expect("open fifo");
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 256];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) | Err(_) => return bytes,
+                Ok(n) => {
+                    let t = now_ns();
+                    bytes.extend(buffer[..n].iter().map(|&b| (t, b)));
+                }
+            }
+        }
+    })
+}
+
+fn play(show: &TestShow) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_backline"))
+        .arg("play")
+        .arg(&show.root)
+        .arg("--output")
+        .arg(format!("wav:{}", show.path("out.wav").display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backline");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn config(show: &TestShow) {
+    show.write(
+        "backline.yaml",
+        &format!(
+            "songs: songs\naudio:\n  track_mappings:\n    tone: [1]\nmidi:\n  outputs:\n    - name: wire\n      path: {}\n",
+            show.path("midi.fifo").display()
+        ),
+    );
+}
+
+#[test]
+fn thirty_seconds_at_120_bpm_is_start_1440_ticks_stop() {
+    let show = TestShow::new("clock");
+    show.tone_song("a", "Thirty", 440.0, 30.0);
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Thirty\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
+    );
+    config(&show);
+    let reader = fifo_reader(&show.path("midi.fifo"));
+    let (ok, stderr) = play(&show);
+    assert!(ok, "{stderr}");
+    let bytes = reader.join().expect("reader");
+    let kinds: Vec<u8> = bytes.iter().map(|&(_, b)| b).collect();
+    assert_eq!(
+        kinds.first(),
+        Some(&0xFA),
+        "Start first: {:02x?}",
+        &kinds[..kinds.len().min(8)]
+    );
+    assert_eq!(kinds.last(), Some(&0xFC), "Stop last");
+    let ticks: Vec<u64> = bytes
+        .iter()
+        .filter(|&&(_, b)| b == 0xF8)
+        .map(|&(t, _)| t)
+        .collect();
+    assert!(
+        ticks.len().abs_diff(1440) <= 1,
+        "{} ticks in 30 s at 120 BPM",
+        ticks.len()
+    );
+    assert!(
+        kinds.iter().all(|&b| matches!(b, 0xF8 | 0xFA | 0xFC)),
+        "nothing but clock bytes"
+    );
+    let mean = (ticks[ticks.len() - 1] - ticks[0]) as f64 / (ticks.len() - 1) as f64;
+    let nominal = 60e9 / 120.0 / 24.0;
+    assert!(
+        ((mean - nominal) / nominal).abs() < 0.001,
+        "mean tick interval {:.1} µs, expected {:.1} µs ± 0.1 %",
+        mean / 1e3,
+        nominal / 1e3
+    );
+    assert!(
+        stderr.contains("real-time: clock FIFO 80"),
+        "the clock thread runs SCHED_FIFO:\n{stderr}"
+    );
+}
+
+#[test]
+fn a_tempo_change_lands_on_the_tick_the_map_says_and_files_play_in_order() {
+    let show = TestShow::new("tempo");
+    show.tone_song("a", "Change", 440.0, 6.0);
+    // Two 4/4 bars at 120 BPM (4 s), then 60 BPM: tick 192 is the first at the new tempo.
+    let mut smf = Vec::new();
+    smf.extend_from_slice(b"MThd\x00\x00\x00\x06\x00\x00\x00\x01\x01\xe0"); // type 0, 1 track, 480 PPQ
+    let mut track: Vec<u8> = Vec::new();
+    for (delta, bytes) in [
+        (0u32, [0x90u8, 60, 100]),
+        (480, [0x80, 60, 0]),
+        (0, [0x90, 62, 100]),
+        (480, [0x80, 62, 0]),
+        (0, [0x90, 64, 100]),
+        (960, [0x80, 64, 0]),
+    ] {
+        let mut d = Vec::new();
+        let mut v = delta;
+        d.push((v & 0x7f) as u8);
+        v >>= 7;
+        while v > 0 {
+            d.insert(0, 0x80 | (v & 0x7f) as u8);
+            v >>= 7;
+        }
+        track.extend(d);
+        track.extend(bytes);
+    }
+    track.extend([0x00, 0xFF, 0x2F, 0x00]);
+    smf.extend_from_slice(b"MTrk");
+    smf.extend((track.len() as u32).to_be_bytes());
+    smf.extend(track);
+    std::fs::write(show.path("songs/a/song.mid"), smf).expect("write mid");
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Change\nmidi_playback: { file: song.mid }\ntracks:\n  - name: tone\n    file: tone.wav\ntempo:\n  bpm: 120\n  changes:\n    - { measure: 3, bpm: 60 }\n",
+    );
+    config(&show);
+    let reader = fifo_reader(&show.path("midi.fifo"));
+    let (ok, stderr) = play(&show);
+    assert!(ok, "{stderr}");
+    let bytes = reader.join().expect("reader");
+    let ticks: Vec<u64> = bytes
+        .iter()
+        .filter(|&&(_, b)| b == 0xF8)
+        .map(|&(t, _)| t)
+        .collect();
+    assert!(ticks.len() > 200, "{} ticks", ticks.len());
+    let interval = |i: usize| (ticks[i + 1] - ticks[i]) as f64 / 1e6;
+    let mean = |from: usize, to: usize| (from..to).map(interval).sum::<f64>() / (to - from) as f64;
+    assert!(
+        (mean(100, 190) - 20.833).abs() < 0.5,
+        "before the change: {:.3} ms",
+        mean(100, 190)
+    );
+    assert!(
+        (mean(192, ticks.len() - 1) - 41.667).abs() < 0.8,
+        "after: {:.3} ms",
+        mean(192, ticks.len() - 1)
+    );
+    // Tick 191 → 192 is still a 120 BPM interval; 192 → 193 is the first 60 BPM one.
+    assert!(
+        interval(190) < 30.0 && interval(192) > 33.0,
+        "{:.2} {:.2}",
+        interval(190),
+        interval(192)
+    );
+
+    // Notes: in file order, at 0 s, 0.5 s, 1.0 s (+ offs), relative to the first tick.
+    let start = ticks[0];
+    let notes: Vec<(f64, u8, u8)> = bytes
+        .windows(3)
+        .filter(|w| w[0].1 & 0xF0 == 0x90 || w[0].1 & 0xF0 == 0x80)
+        .map(|w| ((w[0].0 as f64 - start as f64) / 1e9, w[0].1, w[1].1))
+        .collect();
+    let on: Vec<(f64, u8)> = notes
+        .iter()
+        .filter(|n| n.1 == 0x90)
+        .map(|n| (n.0, n.2))
+        .collect();
+    assert_eq!(
+        on.iter().map(|n| n.1).collect::<Vec<_>>(),
+        vec![60, 62, 64],
+        "{notes:?}"
+    );
+    for ((t, _), expected) in on.iter().zip([0.0, 0.5, 1.0]) {
+        assert!(
+            (t - expected).abs() < 0.02,
+            "note at {t:.4} s, expected {expected} s ± 20 ms"
+        );
+    }
+    // Stop leaves no hanging note: All Notes Off (CC 123) on the channel used, after Stop.
+    let stop = bytes.iter().position(|&(_, b)| b == 0xFC).expect("Stop");
+    let after: Vec<u8> = bytes[stop..].iter().map(|&(_, b)| b).collect();
+    assert!(
+        after.windows(3).any(|w| w == [0xB0, 123, 0]),
+        "All Notes Off after Stop: {after:02x?}"
+    );
+}
