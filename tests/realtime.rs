@@ -48,6 +48,15 @@ struct Run {
 fn start(setpriv: &[&str], extra: &[&str]) -> Run {
     let show = TestShow::new("rt");
     show.tone_song("1", "Long", 440.0, 4.0);
+    show.write(
+        "songs/1/song.yaml",
+        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
+    );
+    // A MIDI output gives the show a beat clock thread.
+    show.write(
+        "backline.yaml",
+        "songs: songs\nmidi:\n  outputs:\n    - { name: null, path: /dev/null }\n",
+    );
     // Everything the unprivileged user needs to read and write.
     let out_dir = show.path("out");
     std::fs::create_dir_all(&out_dir).expect("out dir");
@@ -64,7 +73,7 @@ fn start(setpriv: &[&str], extra: &[&str]) -> Run {
     };
     command
         .arg("play")
-        .arg(show.root.join("songs"))
+        .arg(&show.root)
         .arg("--output")
         .arg(format!("wav:{}", out_dir.join("out.wav").display()))
         .args(extra)
@@ -90,20 +99,29 @@ fn make_world_accessible(path: &Path) {
     }
 }
 
-/// Waits until the render thread exists and has promoted itself, returns its (policy, priority).
-fn render_thread_policy(run: &Run) -> (u32, u32) {
+/// Waits until the thread named `name` exists and has promoted itself; returns its
+/// (policy, priority).
+fn thread_policy(run: &Run, name: &str) -> (u32, u32) {
     let pid = run.child.id();
     let mut seen = Vec::new();
     wait_until(Duration::from_secs(10), || {
-        seen = thread_policies(pid, "backline-render");
+        seen = thread_policies(pid, name);
         !seen.is_empty()
     });
     // Promotion happens as the thread starts; give it a moment, then read again.
     std::thread::sleep(Duration::from_millis(300));
-    let now = thread_policies(pid, "backline-render");
+    let now = thread_policies(pid, name);
     *now.first()
         .or(seen.first())
-        .unwrap_or_else(|| panic!("no backline-render thread in pid {pid}"))
+        .unwrap_or_else(|| panic!("no {name} thread in pid {pid}"))
+}
+
+fn render_thread_policy(run: &Run) -> (u32, u32) {
+    thread_policy(run, "backline-render")
+}
+
+fn clock_thread_policy(run: &Run) -> (u32, u32) {
+    thread_policy(run, "backline-clock")
 }
 
 fn finish(run: Run) -> (bool, String, u64) {
@@ -130,10 +148,12 @@ fn root_gets_sched_fifo_at_the_configured_priority() {
     );
     let run = start(&[], &["--rt-priority", "61"]);
     assert_eq!(render_thread_policy(&run), (SCHED_FIFO, 61));
+    assert_eq!(clock_thread_policy(&run), (SCHED_FIFO, 71));
     let (ok, stderr, frames) = finish(run);
     assert!(ok, "{stderr}");
     assert_eq!(frames, 4 * 48_000);
     assert!(stderr.contains("render FIFO 61 (CAP_SYS_NICE)"), "{stderr}");
+    assert!(stderr.contains("clock FIFO 71 (CAP_SYS_NICE)"), "{stderr}");
 }
 
 #[test]
@@ -146,6 +166,7 @@ fn without_cap_sys_nice_it_plays_at_normal_priority_and_says_why_once() {
     args.extend(["--inh-caps=-all", "--bounding-set=-all"]);
     let run = start(&args, &[]);
     assert_eq!(render_thread_policy(&run).0, SCHED_OTHER);
+    assert_eq!(clock_thread_policy(&run).0, SCHED_OTHER);
     let (ok, stderr, frames) = finish(run);
     assert!(
         ok,
@@ -158,19 +179,23 @@ fn without_cap_sys_nice_it_plays_at_normal_priority_and_says_why_once() {
         .collect();
     assert_eq!(
         warnings.len(),
-        1,
-        "exactly one warning for the render role:\n{stderr}"
+        2,
+        "exactly one warning per role (render, clock):\n{stderr}"
     );
-    assert!(
-        warnings[0].contains("no CAP_SYS_NICE and RLIMIT_RTPRIO is 0"),
-        "{}",
-        warnings[0]
-    );
-    assert!(
-        warnings[0].contains("setcap cap_sys_nice+ep"),
-        "the warning gives the remedy: {}",
-        warnings[0]
-    );
+    for role in ["render", "clock"] {
+        let warning = warnings
+            .iter()
+            .find(|w| w.contains(&format!("the {role} thread")))
+            .unwrap_or_else(|| panic!("a warning for the {role} thread:\n{stderr}"));
+        assert!(
+            warning.contains("no CAP_SYS_NICE and RLIMIT_RTPRIO is 0"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("setcap cap_sys_nice+ep"),
+            "the remedy: {warning}"
+        );
+    }
 }
 
 #[test]
@@ -187,6 +212,7 @@ fn with_only_cap_sys_nice_an_unprivileged_user_gets_sched_fifo() {
     ]);
     let run = start(&args, &[]);
     assert_eq!(render_thread_policy(&run), (SCHED_FIFO, 70));
+    assert_eq!(clock_thread_policy(&run), (SCHED_FIFO, 80));
     let (ok, stderr, _) = finish(run);
     assert!(ok, "{stderr}");
 }
@@ -195,6 +221,7 @@ fn with_only_cap_sys_nice_an_unprivileged_user_gets_sched_fifo() {
 fn no_rt_turns_it_off_on_purpose() {
     let run = start(&[], &["--no-rt"]);
     assert_eq!(render_thread_policy(&run).0, SCHED_OTHER);
+    assert_eq!(clock_thread_policy(&run).0, SCHED_OTHER);
     let (ok, stderr, _) = finish(run);
     assert!(ok, "{stderr}");
     assert!(

@@ -102,9 +102,16 @@ pub fn status_line(status: &StatusSnapshot, audio_role: Role) -> String {
         .bpm
         .map(|b| format!("{b:.1} BPM"))
         .unwrap_or_else(|| "no tempo".into());
-    let realtime = rt::report(audio_role)
-        .map(|r| r.to_string())
-        .unwrap_or_else(|| format!("{audio_role} pending"));
+    let realtime = [audio_role, Role::Clock]
+        .iter()
+        .filter_map(|&role| rt::report(role).map(|r| r.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let realtime = if realtime.is_empty() {
+        format!("{audio_role} pending")
+    } else {
+        realtime
+    };
     format!(
         "{state} {}/{} {}  {}/{}  {tempo}  {}  xruns {}  RT {realtime}",
         status.index,
