@@ -9,10 +9,15 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 cargo build --release
 ./target/release/backline check songs-example
+
+# Capture the MIDI output (beat clock + MIDI file) that songs-example/backline.yaml sends.
+mkdir -p example-out
+[ -p example-out/midi.fifo ] || mkfifo example-out/midi.fifo
+(cat example-out/midi.fifo > example-out/midi.raw) &
+
 if [ -e /dev/snd ] && ls /dev/snd/pcmC* >/dev/null 2>&1; then
   exec ./target/release/backline play songs-example "$@"
 else
-  mkdir -p example-out
   echo "no sound card: rendering the show in real time to example-out/show.wav" >&2
   exec ./target/release/backline play songs-example --output wav:example-out/show.wav "$@" </dev/null
 fi

@@ -308,6 +308,29 @@ impl fmt::Display for TimingReport<'_> {
             self.xruns,
             self.figures.dropped,
             self.period_ns as f64 / 1e6
+        )?;
+        if let Some(clock) = self.figures.get(Metric::ClockLateness) {
+            write!(f, "\n{}", verdict(clock.summary().p99))?;
+        }
+        Ok(())
+    }
+}
+
+/// One byte on a DIN MIDI cable takes 320 µs (10 bits at 31 250 baud): the yardstick
+/// musicians' gear already lives with.
+pub const DIN_BYTE_NS: i64 = 320_000;
+
+/// The clock's p99 in musicians' terms.
+pub fn verdict(clock_p99_ns: i64) -> String {
+    let us = clock_p99_ns as f64 / 1000.0;
+    if clock_p99_ns <= DIN_BYTE_NS {
+        format!("clock p99 {us:.0} µs — tighter than a DIN MIDI byte (320 µs)")
+    } else if clock_p99_ns <= 1_000_000 {
+        format!("clock p99 {us:.0} µs — within a millisecond, but looser than a DIN MIDI byte (320 µs): check the RT state above")
+    } else {
+        format!(
+            "clock p99 {:.1} ms — audible drift risk for tight parts: give backline real-time priority (see the RT state above)",
+            us / 1000.0
         )
     }
 }
@@ -335,6 +358,16 @@ mod tests {
         assert!((s.p50 - 500_000).abs() <= 500, "{s:?}");
         assert!((s.p99 - 990_000).abs() <= 1000, "{s:?}");
         assert!((s.max - 1_000_000).abs() <= 1000, "{s:?}");
+    }
+
+    #[test]
+    fn verdicts_speak_musician() {
+        assert_eq!(
+            verdict(38_000),
+            "clock p99 38 µs — tighter than a DIN MIDI byte (320 µs)"
+        );
+        assert!(verdict(700_000).contains("within a millisecond"));
+        assert!(verdict(3_000_000).contains("3.0 ms"));
     }
 
     #[test]
