@@ -63,7 +63,7 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// List audio output devices of every compiled-in host.
+    /// List audio output devices of every compiled-in host, MIDI ports and raw MIDI devices.
     Devices,
 }
 
@@ -106,6 +106,9 @@ fn main() -> ExitCode {
         ),
         Command::Devices => {
             for line in output::list_devices() {
+                println!("{line}");
+            }
+            for line in backline::midi::list_ports() {
                 println!("{line}");
             }
             0

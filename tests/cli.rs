@@ -127,4 +127,31 @@ fn devices_lists_every_host() {
     assert!(output.status.success(), "{all}");
     assert!(all.contains("ALSA"), "{all}");
     assert!(all.contains("jack"), "{all}");
+    assert!(all.contains("MIDI port"), "MIDI ports (or why not): {all}");
+    assert!(all.contains("raw MIDI device"), "raw MIDI devices: {all}");
+}
+
+#[test]
+fn missing_midi_port_and_footswitch_are_warnings_and_the_show_plays() {
+    let show = TestShow::new("midiport");
+    show.tone_song("a", "Short", 440.0, 0.5);
+    show.write(
+        "backline.yaml",
+        "songs: songs\naudio:\n  track_mappings:\n    tone: [1]\nmidi:\n  outputs:\n    - { name: synth, port: USB MIDI Interface }\n  control:\n    port: FCB1010\n    next: { type: note_on, channel: 16, note: 62 }\n",
+    );
+    let out = show.path("out.wav");
+    let output = backline(&[
+        "play",
+        show.root.to_str().expect("utf-8"),
+        "--output",
+        &format!("wav:{}", out.display()),
+    ]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    assert!(
+        all.contains("WARN MIDI output `synth` (port `USB MIDI Interface`) is not available"),
+        "{all}"
+    );
+    assert!(all.contains("WARN footswitch not available"), "{all}");
+    assert!(all.contains("set finished: 1 songs played"), "{all}");
 }

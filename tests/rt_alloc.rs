@@ -133,13 +133,17 @@ fn clock_thread_never_allocates() {
     // Built off the RT threads.
     let (mut audio_writer, audio_clock) = AudioClock::new(48_000);
     let (mut anchor_writer, anchor_reader) = anchor();
-    let outputs = Outputs::open(&[MidiOutputConfig {
-        name: "null".into(),
-        target: MidiTarget::Path("/dev/null".into()),
-        clock: true,
-        midi_file: true,
-        offset_ms: 0.0,
-    }]);
+    let outputs = Outputs::open(
+        &[MidiOutputConfig {
+            name: "null".into(),
+            target: MidiTarget::Path("/dev/null".into()),
+            clock: true,
+            midi_file: true,
+            offset_ms: 0.0,
+        }],
+        RtSettings::default(),
+        rt::probe().summary(),
+    );
     let (stats, _audio_sender) = StatsCollector::start();
     let (mut commands, commands_rx) = rtrb::RingBuffer::new(16);
     let settings = ClockSettings {

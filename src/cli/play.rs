@@ -13,11 +13,14 @@ use tracing::{error, info, warn};
 use super::console::{self, NoStatus, StatusLine, TerminalGuard};
 use crate::engine::output::{self, OutputRequest};
 use crate::engine::render::{wav_path, RenderSettings, WavRender};
+use crate::engine::Request;
 use crate::engine::{
     transport, AudioCallback, FirstCallbackHook, Player, RunSummary, SongObserver,
 };
 use crate::library::{Diagnostic, Show, Song};
-use crate::midi::{self, ClockCommand, ClockSettings, ClockSong, ClockThread, Outputs};
+use crate::midi::{
+    self, ClockCommand, ClockSettings, ClockSong, ClockThread, ControlAction, Outputs,
+};
 use crate::rt::{self, CpuSet, Role, RtSettings};
 use crate::stats::{StatsCollector, TimingReport};
 use crate::timing::anchor::anchor;
@@ -219,7 +222,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     let (audio_clock_writer, audio_clock) = AudioClock::new(rate);
     let mut clock = None;
     if !show.config.midi.outputs.is_empty() {
-        let outputs = Outputs::open(&show.config.midi.outputs);
+        let outputs = Outputs::open(&show.config.midi.outputs, settings, probe);
         let (commands_tx, commands_rx) = rtrb::RingBuffer::new(64);
         let settings = ClockSettings {
             sample_rate: rate,
@@ -321,6 +324,38 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         }
     }
     let (request_tx, request_rx) = mpsc::channel();
+    // The footswitch feeds the same requests as the keyboard.
+    let _control = show.config.midi.control.as_ref().and_then(|control| {
+        let bindings: Vec<(crate::library::MidiEvent, ControlAction)> = [
+            (control.play, ControlAction::Play),
+            (control.stop, ControlAction::Stop),
+            (control.next, ControlAction::Next),
+            (control.previous, ControlAction::Previous),
+        ]
+        .into_iter()
+        .filter_map(|(event, action)| event.map(|e| (e, action)))
+        .collect();
+        let requests = request_tx.clone();
+        let connection = midi::start_control(&control.port, bindings, move |action| {
+            let request = match action {
+                ControlAction::Play => Request::Play,
+                ControlAction::Stop => Request::Stop,
+                ControlAction::Next => Request::Next,
+                ControlAction::Previous => Request::Previous,
+            };
+            let _ = requests.send(request);
+        });
+        match connection {
+            Ok(connection) => {
+                info!("footswitch: listening on MIDI input `{}`", control.port);
+                Some(connection)
+            }
+            Err(e) => {
+                warn!("footswitch not available: {e}; keys and signals still work");
+                None
+            }
+        }
+    });
     let summary: RunSummary = if interactive {
         let guard = TerminalGuard::enter();
         if let Err(e) = &guard {

@@ -4,7 +4,9 @@
 pub mod clock;
 pub mod file;
 pub mod output;
+pub mod port;
 
 pub use clock::{ClockCommand, ClockSettings, ClockSong, ClockThread};
 pub use file::{load_schedule, MidiSchedule};
 pub use output::{OutputSlot, Outputs};
+pub use port::{list_ports, start_control, ControlAction};

@@ -5,13 +5,17 @@
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crate::library::{MidiOutputConfig, MidiTarget};
+use crate::rt::{ProbeSummary, RtSettings};
+
+/// Opens (or re-opens) one output, returning a descriptor the RT thread can write to.
+type Opener = Box<dyn Fn() -> Result<i32, String> + Send>;
 
 /// Shortest and longest wait between attempts to (re)open a missing output.
 const RETRY_MIN: Duration = Duration::from_millis(250);
@@ -78,9 +82,13 @@ pub struct Outputs {
 impl Outputs {
     /// Opens what can be opened now; each output that cannot is one warning at start and is
     /// retried in the background (250 ms doubling to 5 s) until it appears.
-    pub fn open(configs: &[MidiOutputConfig]) -> Outputs {
+    pub fn open(
+        configs: &[MidiOutputConfig],
+        rt_settings: RtSettings,
+        probe: ProbeSummary,
+    ) -> Outputs {
         let mut slots = Vec::new();
-        let mut paths = Vec::new();
+        let mut openers: Vec<(Arc<OutputSlot>, String, Opener)> = Vec::new();
         for config in configs {
             let offset_ns = (config.offset_ms * 1e6) as i64;
             let slot = Arc::new(OutputSlot {
@@ -92,40 +100,53 @@ impl Outputs {
                 midi_file: config.midi_file,
                 offset_ns,
             });
-            match &config.target {
+            let (what, opener): (String, Option<Opener>) = match &config.target {
                 MidiTarget::Path(path) => {
-                    match open_raw(path) {
+                    let path = path.clone();
+                    (
+                        path.display().to_string(),
+                        Some(Box::new(move || open_raw(&path))),
+                    )
+                }
+                MidiTarget::Port(port) => {
+                    let port = port.clone();
+                    (
+                        format!("port `{port}`"),
+                        Some(Box::new(move || {
+                            super::port::open_output(&port, rt_settings, probe)
+                        })),
+                    )
+                }
+                MidiTarget::Rawmidi(device) => (format!("rawmidi {device}"), None),
+                MidiTarget::Jack(port) => (format!("JACK MIDI {port}"), None),
+            };
+            match opener {
+                Some(opener) => {
+                    match opener() {
                         Ok(fd) => {
                             slot.fd.store(fd, Ordering::Release);
-                            tracing::info!("MIDI output `{}`: {}", config.name, path.display());
+                            tracing::info!("MIDI output `{}`: {what}", config.name);
                         }
                         Err(e) => tracing::warn!(
-                            "MIDI output `{}` ({}) is not available: {e}; the show plays without it and it is retried in the background",
-                            config.name,
-                            path.display()
+                            "MIDI output `{}` ({what}) is not available: {e}; the show plays without it and it is retried in the background",
+                            config.name
                         ),
                     }
-                    paths.push((slot.clone(), path.clone()));
+                    openers.push((slot.clone(), what, opener));
                 }
-                other => tracing::warn!(
-                    "MIDI output `{}`: {} outputs are not supported by this build yet (only `path:`); the show plays without it",
-                    config.name,
-                    match other {
-                        MidiTarget::Port(_) => "port",
-                        MidiTarget::Rawmidi(_) => "rawmidi",
-                        MidiTarget::Jack(_) => "jack",
-                        MidiTarget::Path(_) => "path",
-                    }
+                None => tracing::warn!(
+                    "MIDI output `{}`: {what} outputs are not supported by this build yet (use `path:` with /dev/snd/midiC*D* or `port:`); the show plays without it",
+                    config.name
                 ),
             }
             slots.push(slot);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        if !paths.is_empty() {
+        if !openers.is_empty() {
             let stop = stop.clone();
             let spawned = thread::Builder::new()
                 .name("backline-midi-connect".into())
-                .spawn(move || reconnect_loop(&paths, &stop));
+                .spawn(move || reconnect_loop(&openers, &stop));
             if let Err(e) = spawned {
                 tracing::error!("cannot start the MIDI reconnect thread: {e}");
             }
@@ -140,33 +161,29 @@ impl Drop for Outputs {
     }
 }
 
-fn reconnect_loop(paths: &[(Arc<OutputSlot>, PathBuf)], stop: &AtomicBool) {
-    let mut waits: Vec<Duration> = vec![RETRY_MIN; paths.len()];
-    let mut next_try: Vec<std::time::Instant> = vec![std::time::Instant::now(); paths.len()];
+fn reconnect_loop(openers: &[(Arc<OutputSlot>, String, Opener)], stop: &AtomicBool) {
+    let mut waits: Vec<Duration> = vec![RETRY_MIN; openers.len()];
+    let mut next_try: Vec<std::time::Instant> = vec![std::time::Instant::now(); openers.len()];
     while !stop.load(Ordering::Relaxed) {
-        for (index, (slot, path)) in paths.iter().enumerate() {
+        for (index, (slot, what, opener)) in openers.iter().enumerate() {
             if slot.lost.swap(false, Ordering::AcqRel) {
                 let fd = slot.fd.swap(-1, Ordering::AcqRel);
                 if fd >= 0 {
                     // SAFETY: the slot no longer hands out fd; we own it and close it once.
                     unsafe { libc::close(fd) };
                 }
-                tracing::warn!(
-                    "MIDI output `{}` lost ({}); retrying",
-                    slot.name,
-                    path.display()
-                );
+                tracing::warn!("MIDI output `{}` lost ({what}); retrying", slot.name);
                 waits[index] = RETRY_MIN;
                 next_try[index] = std::time::Instant::now() + RETRY_MIN;
             }
             if slot.is_connected() || std::time::Instant::now() < next_try[index] {
                 continue;
             }
-            match open_raw(path) {
+            match opener() {
                 Ok(fd) => {
                     slot.fd.store(fd, Ordering::Release);
                     waits[index] = RETRY_MIN;
-                    tracing::info!("MIDI output `{}` connected ({})", slot.name, path.display());
+                    tracing::info!("MIDI output `{}` connected ({what})", slot.name);
                 }
                 Err(_) => {
                     next_try[index] = std::time::Instant::now() + waits[index];
@@ -176,7 +193,7 @@ fn reconnect_loop(paths: &[(Arc<OutputSlot>, PathBuf)], stop: &AtomicBool) {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    for (slot, _) in paths {
+    for (slot, _, _) in openers {
         let fd = slot.fd.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
             // SAFETY: swapped out of the slot; closed once.
