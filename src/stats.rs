@@ -236,6 +236,12 @@ impl StatsCollector {
         }
     }
 
+    /// The current summary of one metric (cheap: no copy of the histograms).
+    pub fn summary(&self, metric: Metric) -> Option<Summary> {
+        let figures = self.figures.lock().ok()?;
+        figures.get(metric).map(MetricHistogram::summary)
+    }
+
     /// The figures so far.
     pub fn figures(&self) -> Figures {
         let mut figures = self.figures.lock().map(|f| f.clone()).unwrap_or_default();

@@ -86,7 +86,7 @@ pub fn clock(seconds: f64) -> String {
 
 /// The one-line status, e.g.
 /// `▶ 2/3 Tempo Change  0:12/0:16  120.0 BPM  jack:backline_out  xruns 0  RT audio FIFO 70 (CAP_SYS_NICE)`.
-pub fn status_line(status: &StatusSnapshot, audio_role: Role) -> String {
+pub fn status_line(status: &StatusSnapshot, audio_role: Role, clock_p99_us: Option<f64>) -> String {
     let state = if status.set_ended {
         "■ end of set"
     } else if status.playing {
@@ -112,8 +112,11 @@ pub fn status_line(status: &StatusSnapshot, audio_role: Role) -> String {
     } else {
         realtime
     };
+    let clock_p99 = clock_p99_us
+        .map(|us| format!("  clock p99 {us:.0} µs"))
+        .unwrap_or_default();
     format!(
-        "{state} {}/{} {}  {}/{}  {tempo}  {}  xruns {}  RT {realtime}",
+        "{state} {}/{} {}  {}/{}  {tempo}  {}  xruns {}{clock_p99}  RT {realtime}",
         status.index,
         status.total,
         status.song,
@@ -128,6 +131,8 @@ pub fn status_line(status: &StatusSnapshot, audio_role: Role) -> String {
 pub struct StatusLine {
     last_draw: Instant,
     audio_role: Role,
+    /// Live beat-clock p99 lateness, when a clock runs.
+    pub clock_p99_us: Option<f64>,
 }
 
 impl StatusLine {
@@ -136,6 +141,7 @@ impl StatusLine {
         StatusLine {
             last_draw: Instant::now() - Duration::from_secs(1),
             audio_role,
+            clock_p99_us: None,
         }
     }
 }
@@ -150,7 +156,7 @@ impl StatusSink for StatusLine {
             .map(|(w, _)| usize::from(w))
             .unwrap_or(120)
             .max(20);
-        let line: String = status_line(status, self.audio_role)
+        let line: String = status_line(status, self.audio_role, self.clock_p99_us)
             .chars()
             .take(width - 1)
             .collect();
@@ -160,11 +166,69 @@ impl StatusSink for StatusLine {
     }
 }
 
-/// The status sink for non-interactive runs: state changes are logged by the player instead.
-pub struct NoStatus;
+/// What `play` shows while it runs: the status line in a terminal (nothing otherwise: the
+/// player logs state changes), the live clock p99 in it, and the current figures in the log
+/// on SIGUSR1.
+pub struct ShowStatus<'a> {
+    /// The terminal status line, when there is a terminal.
+    pub line: Option<StatusLine>,
+    /// The measurements.
+    pub stats: &'a crate::stats::StatsCollector,
+    /// Set by the SIGUSR1 handler.
+    pub usr1: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Nominal audio period in ns, for the duty figures.
+    pub period_ns: i64,
+    last_p99: Instant,
+}
 
-impl StatusSink for NoStatus {
-    fn update(&mut self, _status: &StatusSnapshot) {}
+impl<'a> ShowStatus<'a> {
+    /// A status sink for a run.
+    pub fn new(
+        line: Option<StatusLine>,
+        stats: &'a crate::stats::StatsCollector,
+        usr1: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        period_ns: i64,
+    ) -> Self {
+        ShowStatus {
+            line,
+            stats,
+            usr1,
+            period_ns,
+            last_p99: Instant::now(),
+        }
+    }
+}
+
+impl StatusSink for ShowStatus<'_> {
+    fn update(&mut self, status: &StatusSnapshot) {
+        if self.usr1.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let figures = self.stats.figures();
+            let report = crate::stats::TimingReport {
+                figures: &figures,
+                period_ns: self.period_ns,
+                xruns: status.xruns,
+            };
+            tracing::info!(
+                "figures at {} {}/{}:",
+                status.song,
+                clock(status.position_seconds),
+                status.length_seconds.map(clock).unwrap_or_default()
+            );
+            for line in report.to_string().lines() {
+                tracing::info!("{line}");
+            }
+        }
+        if let Some(line) = self.line.as_mut() {
+            if self.last_p99.elapsed() >= Duration::from_millis(500) {
+                self.last_p99 = Instant::now();
+                line.clock_p99_us = self
+                    .stats
+                    .summary(crate::stats::Metric::ClockLateness)
+                    .map(|s| s.p99 as f64 / 1000.0);
+            }
+            line.update(status);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,10 +265,11 @@ mod tests {
                 set_ended: false,
             },
             Role::Audio,
+            Some(38.4),
         );
         assert!(
             line.starts_with(
-                "▶ 2/3 Tempo Change  1:12/3:16  120.0 BPM  jack:backline_out  xruns 1  RT "
+                "▶ 2/3 Tempo Change  1:12/3:16  120.0 BPM  jack:backline_out  xruns 1  clock p99 38 µs  RT "
             ),
             "{line}"
         );

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use super::console::{self, NoStatus, StatusLine, TerminalGuard};
+use super::console::{self, ShowStatus, StatusLine, TerminalGuard};
 use crate::engine::output::{self, OutputRequest};
 use crate::engine::render::{wav_path, RenderSettings, WavRender};
 use crate::engine::Request;
@@ -356,19 +356,26 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             }
         }
     });
+    let usr1 = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone()) {
+        warn!("cannot handle SIGUSR1: {e}");
+    }
+    let period_frames = opened.buffer_size.unwrap_or(show.config.audio.buffer_size);
+    let period_ns = i64::from(period_frames) * 1_000_000_000 / i64::from(rate.max(1));
     let summary: RunSummary = if interactive {
         let guard = TerminalGuard::enter();
         if let Err(e) = &guard {
             warn!("cannot switch the terminal to raw mode: {e}");
         }
         console::spawn_key_reader(request_tx);
-        let mut line = StatusLine::new(role);
-        let summary = player.run(&request_rx, &quit, false, &mut line);
+        let mut sink = ShowStatus::new(Some(StatusLine::new(role)), &stats, usr1, period_ns);
+        let summary = player.run(&request_rx, &quit, false, &mut sink);
         drop(guard);
         summary
     } else {
         drop(request_tx);
-        player.run(&request_rx, &quit, true, &mut NoStatus)
+        let mut sink = ShowStatus::new(None, &stats, usr1, period_ns);
+        player.run(&request_rx, &quit, true, &mut sink)
     };
     // The transport has stopped: the clock sends Stop and All Notes Off before it ends.
     if let Some((thread, _outputs)) = clock.take() {
@@ -400,10 +407,9 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         summary.started, summary.finished, summary.skipped,
     );
     let figures = stats.finish();
-    let period_frames = opened.buffer_size.unwrap_or(show.config.audio.buffer_size);
     let report = TimingReport {
         figures: &figures,
-        period_ns: i64::from(period_frames) * 1_000_000_000 / i64::from(rate.max(1)),
+        period_ns,
         xruns,
     };
     println!("{report}");
