@@ -31,7 +31,7 @@ fn check_passes_the_example_show() {
     assert!(output.status.success(), "{all}");
     assert!(all.contains("3 songs, 1 playlists: 0 errors"), "{all}");
     assert!(
-        all.contains("With MIDI: 2 track(s), 9.3 s, beat clock from the MIDI file's tempo"),
+        all.contains("With MIDI: 2 track(s), 9.2 s, beat clock from the MIDI file's tempo"),
         "{all}"
     );
     assert!(

@@ -87,6 +87,10 @@ impl SongObserver for MidiFeeder {
         Ok(())
     }
 
+    fn dropped(&mut self, id: u64) {
+        self.send(ClockCommand::Forget(id));
+    }
+
     fn selected(&mut self, song: &Song) {
         if let Some(event) = song.midi_event {
             let (bytes, len) = event.to_bytes();

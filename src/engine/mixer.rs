@@ -322,6 +322,16 @@ impl StemMix {
         curve: &mut [f32],
     ) -> (usize, usize) {
         let channels = self.stream.channels;
+        // Read `finished` before looking at the ring: the loader pushes, then sets it.
+        let finished = self
+            .stream
+            .finished
+            .load(std::sync::atomic::Ordering::Acquire);
+        if finished && self.stream.ring.is_empty() {
+            // The file ended (or failed) before the frames skipped in an underrun arrived:
+            // there is nothing left to skip, and the stem must be able to end.
+            self.debt = 0;
+        }
         // Pay back frames skipped during an earlier underrun first.
         if self.debt > 0 {
             let skip = (self.stream.ring.slots() / channels).min(self.debt);
@@ -365,10 +375,6 @@ impl StemMix {
                 chunk.commit_all();
             }
         }
-        let finished = self
-            .stream
-            .finished
-            .load(std::sync::atomic::Ordering::Acquire);
         if take < frames && !(finished && self.stream.ring.is_empty()) {
             // The loader is late: play silence for this stem and skip as much later.
             let missing = frames - take;

@@ -87,6 +87,8 @@ pub trait SongObserver {
     ) -> Result<(), Diagnostic>;
     /// A song became the current one (started, or selected while stopped).
     fn selected(&mut self, song: &Song);
+    /// The preparation `id` is finished with (played out, stopped, skipped, replaced).
+    fn dropped(&mut self, id: u64);
 }
 
 /// Outcome of a whole run.
@@ -194,7 +196,11 @@ impl Player {
             }
             match requests.recv_timeout(TICK) {
                 Ok(Request::Quit) => break,
-                Ok(request) => self.handle_request(request),
+                Ok(request) => {
+                    // Act on the transport as it is now (an auto-advance may be pending).
+                    self.drain_events();
+                    self.handle_request(request);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     // No more requests can come (no keyboard): just keep playing.
@@ -312,6 +318,31 @@ impl Player {
     }
 
     fn next(&mut self) {
+        let current_index = self
+            .current
+            .and_then(|id| self.prepared.get(&id))
+            .map(|i| i.index);
+        let queued_index = self
+            .queued
+            .and_then(|id| self.prepared.get(&id))
+            .map(|i| i.index);
+        if let (Some(index), true) = (current_index, current_index == queued_index) {
+            // A looping song queues itself; "next" leaves the loop for the following song.
+            if let Some((_, song)) = self.prepare_from(index + 1, 1) {
+                let id = song.id;
+                self.send(Command::Load(song));
+                self.current = Some(id);
+                if !self.playing {
+                    self.announce(id, "selected");
+                }
+                if let Some(new_index) = self.prepared.get(&id).map(|i| i.index) {
+                    self.queue_after(new_index);
+                }
+            } else {
+                info!("next: already on the last song");
+            }
+            return;
+        }
         match self.queued.take() {
             Some(id) => {
                 self.send(Command::Advance);
@@ -472,6 +503,9 @@ impl Player {
         while let Ok(song) = self.control.trash.pop() {
             if self.current != Some(song.id) && self.queued != Some(song.id) {
                 self.prepared.remove(&song.id);
+            }
+            if let Some(observer) = self.observer.as_mut() {
+                observer.dropped(song.id);
             }
             drop(song);
         }

@@ -73,7 +73,12 @@ impl FileDecoder {
             .format(
                 &hint,
                 stream,
-                &FormatOptions::default(),
+                &FormatOptions {
+                    // Trim encoder delay and padding (MP3, AAC) so compressed stems line up
+                    // with PCM stems sample for sample.
+                    enable_gapless: true,
+                    ..FormatOptions::default()
+                },
                 &MetadataOptions::default(),
             )
             .map_err(|e| Diagnostic::file(path, describe(&e)))?;

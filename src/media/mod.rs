@@ -38,7 +38,8 @@ pub struct StemStream {
 impl StemStream {
     /// True when every sample has been written and read.
     pub fn is_exhausted(&self) -> bool {
-        self.ring.is_empty() && self.finished.load(Ordering::Acquire)
+        // `finished` first: the loader pushes the tail, then sets it.
+        self.finished.load(Ordering::Acquire) && self.ring.is_empty()
     }
 }
 

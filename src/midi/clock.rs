@@ -52,6 +52,8 @@ pub enum ClockCommand {
     Prepare(Box<ClockSong>),
     /// Bytes to send at once on MIDI-file outputs (a song's `midi_event` on select).
     SendNow([u8; 3], u8),
+    /// The player dropped this song: hand it back unless it is playing.
+    Forget(u64),
 }
 
 /// Settings of the clock thread.
@@ -210,6 +212,18 @@ impl Clock {
         while let Ok(command) = self.commands.pop() {
             match command {
                 ClockCommand::Prepare(song) => self.store_song(song),
+                ClockCommand::Forget(id) => {
+                    let active = self.playing.as_ref().map(|p| p.slot);
+                    let found = self
+                        .songs
+                        .iter()
+                        .position(|s| s.as_ref().is_some_and(|s| s.id == id));
+                    if let Some(slot) = found.filter(|&slot| Some(slot) != active) {
+                        if let Some(song) = self.songs[slot].take() {
+                            self.discard(song);
+                        }
+                    }
+                }
                 ClockCommand::SendNow(bytes, len) => {
                     for output in self.outputs.iter().filter(|o| o.midi_file) {
                         output.write(&bytes[..usize::from(len)]);
@@ -260,6 +274,8 @@ impl Clock {
             .iter()
             .position(|s| s.as_ref().is_some_and(|s| s.id == anchor.song_id))
         else {
+            // A song the clock was not told about (yet): the old one must not keep ticking.
+            self.stop_song();
             return;
         };
         if self.playing.is_some() {

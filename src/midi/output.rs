@@ -20,6 +20,8 @@ type Opener = Box<dyn Fn() -> Result<i32, String> + Send>;
 /// Shortest and longest wait between attempts to (re)open a missing output.
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a retired descriptor stays open after the slot stops handing it out.
+const CLOSE_GRACE: Duration = Duration::from_millis(20);
 
 /// One output as the clock thread sees it: atomics only.
 #[derive(Debug)]
@@ -169,6 +171,10 @@ fn reconnect_loop(openers: &[(Arc<OutputSlot>, String, Opener)], stop: &AtomicBo
             if slot.lost.swap(false, Ordering::AcqRel) {
                 let fd = slot.fd.swap(-1, Ordering::AcqRel);
                 if fd >= 0 {
+                    // The clock thread may have loaded fd just before the swap and be inside
+                    // write(2): give it time to finish, so the number is not reused (by a
+                    // file open elsewhere) while it still writes MIDI bytes to it.
+                    thread::sleep(CLOSE_GRACE);
                     // SAFETY: the slot no longer hands out fd; we own it and close it once.
                     unsafe { libc::close(fd) };
                 }
@@ -193,6 +199,7 @@ fn reconnect_loop(openers: &[(Arc<OutputSlot>, String, Opener)], stop: &AtomicBo
         }
         thread::sleep(Duration::from_millis(50));
     }
+    thread::sleep(CLOSE_GRACE);
     for (slot, _, _) in openers {
         let fd = slot.fd.swap(-1, Ordering::AcqRel);
         if fd >= 0 {
