@@ -205,7 +205,12 @@ fn auto_advance_skips_broken_songs_without_gaps() {
 fn keys_next_previous_and_quit_in_a_terminal() {
     let show = TestShow::new("keys");
     // Zero-config order is by name.
-    show.tone_song("1", "Alpha", 440.0, 20.0);
+    // Alpha is a short loop: it repeats (gaplessly) until "next".
+    show.tone_song("1", "Alpha", 440.0, 0.5);
+    show.write(
+        "songs/1/song.yaml",
+        "kind: song\nname: Alpha\nloop_playback: true\ntracks:\n  - name: tone\n    file: tone.wav\n",
+    );
     show.tone_song("2", "Bravo", 1000.0, 20.0);
     show.tone_song("3", "Charlie", 660.0, 20.0);
     show.write(
