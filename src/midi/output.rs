@@ -119,7 +119,16 @@ impl Outputs {
                         })),
                     )
                 }
-                MidiTarget::Rawmidi(device) => (format!("rawmidi {device}"), None),
+                MidiTarget::Rawmidi(device) => match rawmidi_node(device) {
+                    Some(node) => (
+                        format!("rawmidi {device} ({})", node.display()),
+                        Some(Box::new(move || open_raw(&node)) as Opener),
+                    ),
+                    None => (
+                        format!("rawmidi `{device}` (expected hw:CARD,DEVICE[,SUBDEVICE])"),
+                        None,
+                    ),
+                },
                 MidiTarget::Jack(port) => (format!("JACK MIDI {port}"), None),
             };
             match opener {
@@ -137,7 +146,7 @@ impl Outputs {
                     openers.push((slot.clone(), what, opener));
                 }
                 None => tracing::warn!(
-                    "MIDI output `{}`: {what} outputs are not supported by this build yet (use `path:` with /dev/snd/midiC*D* or `port:`); the show plays without it",
+                    "MIDI output `{}`: {what} is not supported by this build (use `path:`, `port:` or `rawmidi: hw:C,D`); the show plays without it",
                     config.name
                 ),
             }
@@ -209,6 +218,23 @@ fn reconnect_loop(openers: &[(Arc<OutputSlot>, String, Opener)], stop: &AtomicBo
     }
 }
 
+/// The device node of an ALSA rawmidi name: `hw:1,0` or `hw:1,0,0` is /dev/snd/midiC1D0.
+/// Writing to the node is what ALSA's rawmidi "hw" plugin does (subdevice 0, the first free
+/// one), and it keeps the hot loop to one non-blocking `write(2)` like every other output.
+pub fn rawmidi_node(name: &str) -> Option<std::path::PathBuf> {
+    let rest = name.strip_prefix("hw:")?;
+    let mut parts = rest.split(',').map(|p| p.trim().parse::<u32>());
+    let card = parts.next()?.ok()?;
+    let device = parts.next()?.ok()?;
+    match parts.next() {
+        None | Some(Ok(0)) => {}
+        _ => return None,
+    }
+    Some(std::path::PathBuf::from(format!(
+        "/dev/snd/midiC{card}D{device}"
+    )))
+}
+
 /// Opens a raw byte path for non-blocking writes; a terminal (serial UART, pty) is switched
 /// to raw mode so no byte is translated.
 fn open_raw(path: &Path) -> Result<i32, String> {
@@ -239,4 +265,21 @@ fn open_raw(path: &Path) -> Result<i32, String> {
         }
     }
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rawmidi_names_map_to_device_nodes() {
+        assert_eq!(rawmidi_node("hw:1,0,0"), Some("/dev/snd/midiC1D0".into()));
+        assert_eq!(rawmidi_node("hw:2,1"), Some("/dev/snd/midiC2D1".into()));
+        assert_eq!(
+            rawmidi_node("hw:1,0,3"),
+            None,
+            "only subdevice 0 has a node"
+        );
+        assert_eq!(rawmidi_node("virtual"), None);
+    }
 }
