@@ -49,6 +49,27 @@ enum Command {
         #[arg(long, value_parser = parse_speed)]
         speed: Option<f64>,
     },
+    /// Play a set like `play`, then report the timing of every song (beat clock, MIDI file,
+    /// audio callback, xruns, real-time state) as a table and optionally as JSON.
+    Rehearse {
+        /// Songs folder or backline.yaml.
+        target: PathBuf,
+        /// Playlist name (file stem) or playlist file.
+        #[arg(long)]
+        playlist: Option<String>,
+        /// Output device (see `play`).
+        #[arg(long)]
+        output: Option<String>,
+        /// Do not try real-time scheduling.
+        #[arg(long)]
+        no_rt: bool,
+        /// SCHED_FIFO priority of the audio thread (the clock gets 10 more, at most 99).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=89))]
+        rt_priority: Option<u8>,
+        /// Also write the figures (with histogram buckets) as JSON.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Validate a show (YAML, files, decoding, channels, rates, playlists); exit 1 on any error.
     Check {
         /// Songs folder or backline.yaml.
@@ -69,7 +90,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let raw_terminal = matches!(cli.command, Command::Play { .. })
+    let raw_terminal = matches!(cli.command, Command::Play { .. } | Command::Rehearse { .. })
         && std::io::stdin().is_terminal()
         && std::io::stdout().is_terminal();
     logging::init(&cli.log_level, raw_terminal);
@@ -89,6 +110,27 @@ fn main() -> ExitCode {
                 no_rt,
                 rt_priority,
                 speed,
+                rehearsal: false,
+                report: None,
+            },
+        ),
+        Command::Rehearse {
+            target,
+            playlist,
+            output,
+            no_rt,
+            rt_priority,
+            report,
+        } => play::run(
+            &target,
+            &PlayOptions {
+                playlist,
+                output,
+                no_rt,
+                rt_priority,
+                speed: None,
+                rehearsal: true,
+                report,
             },
         ),
         Command::Check {

@@ -50,21 +50,35 @@ pub struct Sample {
     pub metric: Metric,
     /// Value in nanoseconds (may be negative, e.g. an early callback).
     pub value_ns: i64,
+    /// Setlist position + 1 of the song playing when it was taken (0 = none).
+    pub song: u32,
 }
 
 /// The real-time side: push samples without ever blocking.
 pub struct SampleSender {
     ring: rtrb::Producer<Sample>,
     dropped: Arc<AtomicU64>,
+    song: u32,
 }
 
 impl SampleSender {
     /// Records a sample; when the ring is full the sample is dropped and counted. RT-safe.
     #[inline]
     pub fn send(&mut self, metric: Metric, value_ns: i64) {
-        if self.ring.push(Sample { metric, value_ns }).is_err() {
+        let sample = Sample {
+            metric,
+            value_ns,
+            song: self.song,
+        };
+        if self.ring.push(sample).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Tags the following samples with a song (setlist position + 1; 0 = none). RT-safe.
+    #[inline]
+    pub fn set_song(&mut self, song: u32) {
+        self.song = song;
     }
 }
 
@@ -144,8 +158,10 @@ impl MetricHistogram {
 /// Everything the stats thread has gathered.
 #[derive(Clone, Default)]
 pub struct Figures {
-    /// One histogram per metric.
+    /// One histogram per metric, over the whole run.
     pub metrics: Vec<(Metric, MetricHistogram)>,
+    /// One histogram per (song tag, metric).
+    pub per_song: Vec<((u32, Metric), MetricHistogram)>,
     /// Samples dropped because a ring was full.
     pub dropped: u64,
 }
@@ -159,17 +175,46 @@ impl Figures {
             .map(|(_, h)| h)
     }
 
+    /// The histogram of `metric` during the song tagged `song`.
+    pub fn get_song(&self, song: u32, metric: Metric) -> Option<&MetricHistogram> {
+        self.per_song
+            .iter()
+            .find(|(key, _)| *key == (song, metric))
+            .map(|(_, h)| h)
+    }
+
+    /// Song tags that have samples, in order.
+    pub fn songs(&self) -> Vec<u32> {
+        let mut songs: Vec<u32> = self.per_song.iter().map(|((song, _), _)| *song).collect();
+        songs.sort_unstable();
+        songs.dedup();
+        songs
+    }
+
     fn record(&mut self, sample: Sample) {
-        match self.metrics.iter_mut().find(|(m, _)| *m == sample.metric) {
-            Some((_, h)) => h.record(sample.value_ns),
-            None => {
-                let mut h = MetricHistogram::default();
-                h.record(sample.value_ns);
-                self.metrics.push((sample.metric, h));
-            }
+        record_into(&mut self.metrics, sample.metric, sample.value_ns);
+        if sample.song > 0 {
+            record_into(
+                &mut self.per_song,
+                (sample.song, sample.metric),
+                sample.value_ns,
+            );
         }
     }
 }
+
+fn record_into<K: PartialEq>(table: &mut Vec<(K, MetricHistogram)>, key: K, value_ns: i64) {
+    match table.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, h)) => h.record(value_ns),
+        None => {
+            let mut h = MetricHistogram::default();
+            h.record(value_ns);
+            table.push((key, h));
+        }
+    }
+}
+
+impl Figures {}
 
 /// The stats thread and the figures it keeps.
 pub struct StatsCollector {
@@ -233,6 +278,7 @@ impl StatsCollector {
         SampleSender {
             ring: producer,
             dropped: self.dropped.clone(),
+            song: 0,
         }
     }
 

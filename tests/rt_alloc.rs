@@ -36,6 +36,7 @@ fn song(id: u64, stems: usize, channels: usize, frames: usize) -> Box<PreparedSo
         id,
         mixer: SongMixer::new(stems),
         position: 0,
+        song_tag: id as u32,
     })
 }
 
@@ -169,6 +170,7 @@ fn clock_thread_never_allocates() {
     for id in 1..=3 {
         let song = ClockSong {
             id,
+            song_tag: id as u32,
             tempo: Some(TempoMap::constant(300.0)),
             schedule: Some(parse_schedule(&midi, &[]).expect("schedule")),
         };

@@ -5,3 +5,4 @@ pub mod check;
 pub mod console;
 pub mod logging;
 pub mod play;
+pub mod report;

@@ -39,6 +39,10 @@ pub struct PlayOptions {
     pub rt_priority: Option<u8>,
     /// `--speed X`: WAV renders only, X times faster than real time.
     pub speed: Option<f64>,
+    /// `rehearse`: end with the figures of every song.
+    pub rehearsal: bool,
+    /// `rehearse --report FILE.json`.
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// Feeds the clock thread: each prepared song's tempo map and MIDI file, each selected
@@ -68,6 +72,7 @@ impl SongObserver for MidiFeeder {
     fn prepared(
         &mut self,
         id: u64,
+        index: usize,
         song: &Song,
         tempo: Option<&TempoMap>,
     ) -> Result<(), Diagnostic> {
@@ -81,6 +86,7 @@ impl SongObserver for MidiFeeder {
         };
         self.send(ClockCommand::Prepare(Box::new(ClockSong {
             id,
+            song_tag: u32::try_from(index + 1).unwrap_or(u32::MAX),
             tempo: tempo.cloned(),
             schedule,
         })));
@@ -163,6 +169,8 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         return 1;
     }
     info!("setlist `{}`: {} songs", setlist.name, setlist.songs.len());
+    let song_names: Vec<String> = setlist.songs.iter().map(|s| s.name.clone()).collect();
+    let setlist_name = setlist.name.clone();
 
     let device = options
         .output
@@ -416,10 +424,31 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         period_ns,
         xruns,
     };
+    if options.rehearsal {
+        print!("{}", super::report::per_song_table(&figures, &song_names));
+        println!("== overall");
+    }
     println!("{report}");
     for role in [Role::Audio, Role::Render, Role::Clock] {
         if let Some(rt) = rt::report(role) {
             println!("real-time: {rt}");
+        }
+    }
+    if let Some(path) = &options.report {
+        let facts = super::report::RunFacts {
+            setlist: &setlist_name,
+            song_names: &song_names,
+            device: &opened.description,
+            period_ns,
+            xruns,
+        };
+        let json = super::report::json_report(&figures, &facts);
+        match super::report::write_json(path, &json) {
+            Ok(()) => info!("rehearsal report written to {}", path.display()),
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
         }
     }
     0

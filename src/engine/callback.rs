@@ -126,6 +126,7 @@ impl AudioCallback {
     fn end(&mut self, start: u64, samples: usize) {
         let period_ns = self.period_ns(samples);
         if let Some(timings) = self.timings.as_mut() {
+            timings.set_song(self.status.song_tag.load(Ordering::Relaxed));
             if self.last_start_ns != 0 {
                 let interval = start.saturating_sub(self.last_start_ns) as i64;
                 timings.send(Metric::AudioIntervalError, (interval - period_ns).abs());

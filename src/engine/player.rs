@@ -78,10 +78,12 @@ pub trait StatusSink {
 /// Told about songs as the player prepares and selects them (the MIDI side hangs here, so
 /// the engine does not depend on it).
 pub trait SongObserver {
-    /// A song was prepared under `id`; an error skips the song like a broken audio file.
+    /// A song (setlist position `index`) was prepared under `id`; an error skips the song
+    /// like a broken audio file.
     fn prepared(
         &mut self,
         id: u64,
+        index: usize,
         song: &Song,
         tempo: Option<&TempoMap>,
     ) -> Result<(), Diagnostic>;
@@ -609,7 +611,7 @@ impl Player {
         self.next_id += 1;
         if let Some(observer) = self.observer.as_mut() {
             let tempo = self.tempo_maps.get(&index).and_then(Option::as_ref);
-            observer.prepared(id, song, tempo)?;
+            observer.prepared(id, index, song, tempo)?;
         }
         self.prepared.insert(
             id,
@@ -622,6 +624,7 @@ impl Player {
             id,
             mixer: SongMixer::new(stems),
             position: 0,
+            song_tag: u32::try_from(index + 1).unwrap_or(u32::MAX),
         }))
     }
 }

@@ -3,7 +3,7 @@
 //! another. Songs are built off the RT thread, travel in as `Box`es and travel back out to be
 //! dropped, so the callback never allocates or frees.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::mixer::{PlanarBuffer, SongMixer, MAX_BLOCK_FRAMES};
@@ -17,6 +17,8 @@ pub struct PreparedSong {
     pub mixer: SongMixer,
     /// Frames played so far.
     pub position: u64,
+    /// Setlist position + 1, tagging the measurements taken while it plays (0 = none).
+    pub song_tag: u32,
 }
 
 /// Requests from the control thread to the callback.
@@ -77,6 +79,8 @@ pub struct SharedStatus {
     pub position: AtomicU64,
     /// Whether the transport is playing.
     pub playing: AtomicBool,
+    /// `song_tag` of the song playing (0 = none), for per-song statistics.
+    pub song_tag: AtomicU32,
     /// Stem-frames played as silence because a loader was late.
     pub underrun_frames: AtomicU64,
     /// Device xruns (late callbacks, or reported by the backend).
@@ -202,6 +206,11 @@ impl Transport {
             }
         }
         self.status.playing.store(self.playing, Ordering::Relaxed);
+        let tag = match (&self.current, self.playing) {
+            (Some(song), true) => song.song_tag,
+            _ => 0,
+        };
+        self.status.song_tag.store(tag, Ordering::Relaxed);
         let (id, position) = self.current.as_ref().map_or((0, 0), |s| (s.id, s.position));
         self.device_frame += frames as u64;
         if let Some(anchor) = self.anchor.as_mut() {

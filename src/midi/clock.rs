@@ -40,6 +40,8 @@ const SONG_SLOTS: usize = 8;
 pub struct ClockSong {
     /// Preparation id (matches the engine's).
     pub id: u64,
+    /// Setlist position + 1, tagging this song's measurements.
+    pub song_tag: u32,
     /// The beat clock's tempo map, when the song has one.
     pub tempo: Option<TempoMap>,
     /// The song's MIDI file, when it has one.
@@ -282,6 +284,8 @@ impl Clock {
             self.stop_song();
         }
         self.current_id = anchor.song_id;
+        let tag = self.songs[slot].as_ref().map_or(0, |s| s.song_tag);
+        self.stats.set_song(tag);
         let mut playing = Playing {
             slot,
             start_frame: anchor.start_frame,
