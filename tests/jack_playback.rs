@@ -294,3 +294,56 @@ fn keys_next_previous_and_quit_in_a_terminal() {
         );
     }
 }
+
+#[test]
+fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
+    let show = TestShow::new("rehearse");
+    show.tone_song("1", "Clocked", 440.0, 1.5);
+    show.write(
+        "songs/1/song.yaml",
+        "kind: song\nname: Clocked\nmidi_playback: { file: song.mid }\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 180 }\n",
+    );
+    let midi = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/songs-example/songs/03-with-midi/song.mid"
+    ))
+    .expect("example MIDI file");
+    std::fs::write(show.path("songs/1/song.mid"), midi).expect("write");
+    show.tone_song("2", "Second", 660.0, 1.0);
+    show.write(
+        "backline.yaml",
+        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\nmidi:\n  outputs:\n    - { name: sink, path: /dev/null }\n",
+    );
+    let server = JackServer::start(RATE, PERIOD);
+    let report = show.path("report.json");
+    let output = backline()
+        .arg("rehearse")
+        .arg(&show.root)
+        .arg("--report")
+        .arg(&report)
+        .envs(server.envs())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backline");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("== 1/2 Clocked") && stdout.contains("== 2/2 Second"), "{stdout}");
+    assert!(stdout.contains("== overall") && stdout.contains("clock p99"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written")).expect("valid JSON");
+    assert_eq!(json["schema"], "backline-rehearsal");
+    assert_eq!(json["version"], 1);
+    for metric in ["audio_interval_error", "audio_callback_time", "clock_lateness", "midi_event_lateness"] {
+        let overall = &json["overall"][metric];
+        assert!(overall["count"].as_u64().unwrap_or(0) > 0, "{metric}: {overall}");
+        for key in ["min_ns", "p50_ns", "p99_ns", "p999_ns", "max_ns"] {
+            assert!(overall[key].is_i64(), "{metric}.{key}");
+        }
+        assert!(overall["buckets"].as_array().is_some_and(|b| !b.is_empty()), "{metric} buckets");
+    }
+    let first = &json["songs"][0];
+    assert_eq!(first["name"], "Clocked");
+    assert!(first["metrics"]["midi_event_lateness"]["count"].as_u64().unwrap_or(0) > 0, "{first}");
+    assert!(json["realtime"].as_array().is_some_and(|r| !r.is_empty()), "RT state in the report");
+}
