@@ -52,8 +52,21 @@ enum Command {
     /// Play a set like `play`, then report the timing of every song (beat clock, MIDI file,
     /// audio callback, xruns, real-time state) as a table and optionally as JSON.
     Rehearse {
-        /// Songs folder or backline.yaml.
-        target: PathBuf,
+        /// Songs folder or backline.yaml (not with --clock-only).
+        #[arg(required_unless_present = "clock_only")]
+        target: Option<PathBuf>,
+        /// Measure the beat clock alone (no show): --bpm, --duration, --midi-out.
+        #[arg(long, requires = "midi_out", conflicts_with = "target")]
+        clock_only: bool,
+        /// Tempo of --clock-only.
+        #[arg(long, default_value_t = 120.0)]
+        bpm: f64,
+        /// Length of --clock-only, e.g. 60s, 10m, 1h.
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        /// Where --clock-only sends the clock (a serial port, /dev/snd/midiC*D*, a FIFO).
+        #[arg(long)]
+        midi_out: Option<PathBuf>,
         /// Playlist name (file stem) or playlist file.
         #[arg(long)]
         playlist: Option<String>,
@@ -116,14 +129,17 @@ fn main() -> ExitCode {
         ),
         Command::Rehearse {
             target,
+            clock_only,
+            bpm,
+            duration,
+            midi_out,
             playlist,
             output,
             no_rt,
             rt_priority,
             report,
-        } => play::run(
-            &target,
-            &PlayOptions {
+        } => {
+            let options = PlayOptions {
                 playlist,
                 output,
                 no_rt,
@@ -131,8 +147,16 @@ fn main() -> ExitCode {
                 speed: None,
                 rehearsal: true,
                 report,
-            },
-        ),
+            };
+            match (clock_only, target, midi_out) {
+                (true, _, Some(midi_out)) => run_clock_only(bpm, &duration, &midi_out, &options),
+                (false, Some(target), _) => play::run(&target, &options),
+                _ => {
+                    eprintln!("error: give a show to rehearse, or --clock-only with --midi-out");
+                    2
+                }
+            }
+        }
         Command::Check {
             target,
             playlist,
@@ -157,6 +181,29 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code as u8)
+}
+
+fn run_clock_only(
+    bpm: f64,
+    duration: &str,
+    midi_out: &std::path::Path,
+    options: &PlayOptions,
+) -> i32 {
+    use backline::cli::clock_only;
+    let seconds = match clock_only::parse_duration(duration) {
+        Ok(seconds) => seconds,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match clock_only::build(bpm, seconds, midi_out, 48_000) {
+        Ok(show) => play::run(&show.root, options),
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }
 
 fn parse_speed(text: &str) -> Result<f64, String> {

@@ -328,22 +328,49 @@ fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stdout.contains("== 1/2 Clocked") && stdout.contains("== 2/2 Second"), "{stdout}");
-    assert!(stdout.contains("== overall") && stdout.contains("clock p99"), "{stdout}");
+    assert!(
+        stdout.contains("== 1/2 Clocked") && stdout.contains("== 2/2 Second"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("== overall") && stdout.contains("clock p99"),
+        "{stdout}"
+    );
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written")).expect("valid JSON");
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
+            .expect("valid JSON");
     assert_eq!(json["schema"], "backline-rehearsal");
     assert_eq!(json["version"], 1);
-    for metric in ["audio_interval_error", "audio_callback_time", "clock_lateness", "midi_event_lateness"] {
+    for metric in [
+        "audio_interval_error",
+        "audio_callback_time",
+        "clock_lateness",
+        "midi_event_lateness",
+    ] {
         let overall = &json["overall"][metric];
-        assert!(overall["count"].as_u64().unwrap_or(0) > 0, "{metric}: {overall}");
+        assert!(
+            overall["count"].as_u64().unwrap_or(0) > 0,
+            "{metric}: {overall}"
+        );
         for key in ["min_ns", "p50_ns", "p99_ns", "p999_ns", "max_ns"] {
             assert!(overall[key].is_i64(), "{metric}.{key}");
         }
-        assert!(overall["buckets"].as_array().is_some_and(|b| !b.is_empty()), "{metric} buckets");
+        assert!(
+            overall["buckets"].as_array().is_some_and(|b| !b.is_empty()),
+            "{metric} buckets"
+        );
     }
     let first = &json["songs"][0];
     assert_eq!(first["name"], "Clocked");
-    assert!(first["metrics"]["midi_event_lateness"]["count"].as_u64().unwrap_or(0) > 0, "{first}");
-    assert!(json["realtime"].as_array().is_some_and(|r| !r.is_empty()), "RT state in the report");
+    assert!(
+        first["metrics"]["midi_event_lateness"]["count"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{first}"
+    );
+    assert!(
+        json["realtime"].as_array().is_some_and(|r| !r.is_empty()),
+        "RT state in the report"
+    );
 }

@@ -221,3 +221,37 @@ fn a_tempo_change_lands_on_the_tick_the_map_says_and_files_play_in_order() {
         "All Notes Off after Stop: {after:02x?}"
     );
 }
+
+#[test]
+fn clock_only_rehearsal_measures_the_clock_alone() {
+    let dir = TestShow::new("clockonly");
+    let fifo = dir.path("clock.fifo");
+    let reader = fifo_reader(&fifo);
+    let output = Command::new(env!("CARGO_BIN_EXE_backline"))
+        .args([
+            "rehearse",
+            "--clock-only",
+            "--bpm",
+            "300",
+            "--duration",
+            "3s",
+            "--midi-out",
+        ])
+        .arg(&fifo)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backline");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bytes = reader.join().expect("reader");
+    let ticks = bytes.iter().filter(|&&(_, b)| b == 0xF8).count();
+    assert!(ticks.abs_diff(360) <= 1, "3 s at 300 BPM: {ticks} ticks");
+    assert!(
+        stdout.contains("beat clock lateness") && stdout.contains("clock p99"),
+        "{stdout}"
+    );
+}

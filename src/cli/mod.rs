@@ -2,6 +2,7 @@
 //! and log setup. `main.rs` only parses arguments and calls in here.
 
 pub mod check;
+pub mod clock_only;
 pub mod console;
 pub mod logging;
 pub mod play;
