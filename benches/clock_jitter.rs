@@ -1,0 +1,288 @@
+//! Beat-clock jitter against the machine's floor. Runs the real binary
+//! (`backline rehearse --clock-only --bpm 300`, 120 ticks/s) into a FIFO read by an
+//! independent reader process that timestamps every byte with CLOCK_MONOTONIC, in four
+//! conditions — SCHED_FIFO idle, SCHED_FIFO with a busy thread on every core, normal
+//! priority idle, normal priority loaded — next to `cyclictest -m -p 80 -i 1000`.
+//!
+//! Self-reported lateness (write completion − deadline) comes from the rehearsal JSON.
+//! Arrival lateness is measured against the ideal grid of ticks (tick n at t0 + n × 8.333 ms,
+//! with t0 the earliest arrival after removing the grid): it is the jitter a device sees.
+//! Drift: the last tick's offset from the grid fitted to the first second.
+//!
+//! Run: `cargo bench --bench clock_jitter` (BACKLINE_BENCH_SECONDS per condition, default 20).
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BPM: f64 = 300.0;
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reader mode (this executable re-run): timestamp every clock byte arriving on the FIFO.
+fn reader(fifo: &str, out: &str) {
+    // The reader runs SCHED_FIFO 85 when it may, so its own wake-ups do not blur the figures.
+    let param = libc::sched_param { sched_priority: 85 };
+    // SAFETY: plain syscall on the calling thread.
+    unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    let Ok(mut file) = std::fs::File::open(fifo) else {
+        return;
+    };
+    let mut times = Vec::with_capacity(1 << 20);
+    let mut buffer = [0u8; 64];
+    while let Ok(n) = file.read(&mut buffer) {
+        if n == 0 {
+            break;
+        }
+        let t = now_ns();
+        times.extend(buffer[..n].iter().filter(|&&b| b == 0xF8).map(|_| t));
+    }
+    if let Ok(mut f) = std::fs::File::create(out) {
+        for t in times {
+            let _ = writeln!(f, "{t}");
+        }
+    }
+}
+
+struct Row {
+    self_p50: f64,
+    self_p99: f64,
+    self_p999: f64,
+    self_max: f64,
+    arrival: [f64; 4],
+    drift_us: f64,
+    ticks: usize,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
+    let dir = std::env::temp_dir().join(format!(
+        "backline-jitter-{}-{realtime}-{load}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).ok()?;
+    let fifo = dir.join("clock.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str()?).ok()?;
+    // SAFETY: valid C string.
+    unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+    let arrivals = dir.join("arrivals.txt");
+    let report = dir.join("report.json");
+    let mut reader = Command::new(std::env::current_exe().ok()?)
+        .env(
+            "BACKLINE_BENCH_READER",
+            format!("{}\n{}", fifo.display(), arrivals.display()),
+        )
+        .spawn()
+        .ok()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..if load {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        0
+    })
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
+    command
+        .args([
+            "--log-level",
+            "error",
+            "rehearse",
+            "--clock-only",
+            "--bpm",
+            "300",
+            "--duration",
+        ])
+        .arg(format!("{seconds}s"))
+        .arg("--midi-out")
+        .arg(&fifo)
+        .arg("--report")
+        .arg(&report);
+    if !realtime {
+        command.arg("--no-rt");
+    }
+    let status = command.output().ok()?;
+    stop.store(true, Ordering::Relaxed);
+    for hog in hogs {
+        let _ = hog.join();
+    }
+    let _ = reader.wait();
+    if !status.status.success() {
+        eprintln!(
+            "backline failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        return None;
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).ok()?).ok()?;
+    let clock = &json["overall"]["clock_lateness"];
+    let us = |key: &str| clock[key].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    let times: Vec<f64> = std::fs::read_to_string(&arrivals)
+        .ok()?
+        .lines()
+        .filter_map(|l| l.parse::<f64>().ok())
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    let interval = 60e9 / BPM / 24.0;
+    let offsets: Vec<f64> = times
+        .iter()
+        .enumerate()
+        .map(|(n, t)| t - n as f64 * interval)
+        .collect();
+    let t0 = offsets.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut lateness: Vec<f64> = offsets.iter().map(|o| (o - t0) / 1000.0).collect();
+    // Drift: the grid fitted on the first second (median offset) against the last tick.
+    let first_second = (1e9 / interval) as usize;
+    let mut early: Vec<f64> = offsets.iter().take(first_second).copied().collect();
+    early.sort_by(f64::total_cmp);
+    let drift_us = offsets
+        .last()
+        .map_or(f64::NAN, |last| (last - percentile(&early, 0.5)) / 1000.0);
+    lateness.sort_by(f64::total_cmp);
+    Some(Row {
+        self_p50: us("p50_ns"),
+        self_p99: us("p99_ns"),
+        self_p999: us("p999_ns"),
+        self_max: us("max_ns"),
+        arrival: [
+            percentile(&lateness, 0.5),
+            percentile(&lateness, 0.99),
+            percentile(&lateness, 0.999),
+            lateness.last().copied().unwrap_or(f64::NAN),
+        ],
+        drift_us,
+        ticks: times.len(),
+    })
+}
+
+fn cyclictest(seconds: u64) -> Option<[f64; 4]> {
+    let output = Command::new("cyclictest")
+        .args([
+            "-m", "-p", "80", "-i", "1000", "-t", "1", "-q", "-h", "20000",
+        ])
+        .arg(format!("-D{seconds}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut values = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut parts = line.split_whitespace();
+        if let (Some(Ok(us)), Some(Ok(count))) = (
+            parts.next().map(str::parse::<f64>),
+            parts.next().map(str::parse::<usize>),
+        ) {
+            values.extend(std::iter::repeat(us).take(count));
+        }
+    }
+    let max: f64 = text
+        .lines()
+        .find(|l| l.starts_with("# Max Latencies"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()?;
+    (!values.is_empty()).then(|| {
+        [
+            percentile(&values, 0.5),
+            percentile(&values, 0.99),
+            percentile(&values, 0.999),
+            max,
+        ]
+    })
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("BACKLINE_BENCH_READER") {
+        let mut parts = spec.lines();
+        if let (Some(fifo), Some(out)) = (parts.next(), parts.next()) {
+            reader(fifo, out);
+        }
+        return;
+    }
+    let seconds: u64 = std::env::var("BACKLINE_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    println!("beat clock at {BPM} BPM (120 ticks/s), {seconds} s per condition; µs");
+    println!(
+        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} | {:>9} | {:>10}",
+        "condition",
+        "ticks",
+        "self50",
+        "self99",
+        "self999",
+        "selfmax",
+        "arr50",
+        "arr99",
+        "arr999",
+        "arrmax",
+        "drift",
+        "p99/floor"
+    );
+    let floor = std::thread::scope(|scope| {
+        let stop = Arc::new(AtomicBool::new(false));
+        for _ in 0..std::thread::available_parallelism().map_or(2, |n| n.get()) {
+            let stop = stop.clone();
+            scope.spawn(move || {
+                let mut x = 1u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let floor = cyclictest(seconds);
+        stop.store(true, Ordering::Relaxed);
+        floor
+    });
+    for (name, realtime, load) in [
+        ("SCHED_FIFO, idle", true, false),
+        ("SCHED_FIFO, loaded", true, true),
+        ("normal priority, idle", false, false),
+        ("normal priority, loaded", false, true),
+    ] {
+        match run_condition(seconds, realtime, load) {
+            Some(r) => {
+                let ratio = floor.map_or("-".to_string(), |f| format!("{:.2}×", r.self_p99 / f[1]));
+                println!(
+                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>9.1} | {:>10}",
+                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.drift_us, ratio
+                );
+            }
+            None => println!("{name:<26} failed"),
+        }
+    }
+    match floor {
+        Some(f) => println!(
+            "{:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} |  (cyclictest -m -p 80 -i 1000, loaded)",
+            "floor", "", f[0], f[1], f[2], f[3]
+        ),
+        None => println!("cyclictest not found (install rt-tests): no floor"),
+    }
+}
