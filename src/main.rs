@@ -82,6 +82,9 @@ enum Command {
         /// Also write the figures (with histogram buckets) as JSON.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Also draw the beat clock's lateness (distribution and over time) as SVG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Validate a show (YAML, files, decoding, channels, rates, playlists); exit 1 on any error.
     Check {
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
                 speed,
                 rehearsal: false,
                 report: None,
+                plot: None,
             },
         ),
         Command::Rehearse {
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             no_rt,
             rt_priority,
             report,
+            plot,
         } => {
             let options = PlayOptions {
                 playlist,
@@ -147,6 +152,7 @@ fn main() -> ExitCode {
                 speed: None,
                 rehearsal: true,
                 report,
+                plot,
             };
             match (clock_only, target, midi_out) {
                 (true, _, Some(midi_out)) => run_clock_only(bpm, &duration, &midi_out, &options),

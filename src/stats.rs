@@ -164,7 +164,16 @@ pub struct Figures {
     pub per_song: Vec<((u32, Metric), MetricHistogram)>,
     /// Samples dropped because a ring was full.
     pub dropped: u64,
+    /// Beat-clock lateness over time: (song tag, seconds since the stats thread started,
+    /// lateness ns), thinned to at most [`SERIES_POINTS`] points.
+    pub clock_series: Vec<(u32, f64, i64)>,
+    series_stride: usize,
+    series_seen: usize,
 }
+
+/// Most points kept for the lateness-over-time plot (older points are thinned, not dropped
+/// wholesale, so the whole run stays visible).
+pub const SERIES_POINTS: usize = 20_000;
 
 impl Figures {
     /// The histogram of `metric`, if any sample arrived.
@@ -191,7 +200,24 @@ impl Figures {
         songs
     }
 
-    fn record(&mut self, sample: Sample) {
+    fn record(&mut self, sample: Sample, seconds: f64) {
+        if sample.metric == Metric::ClockLateness {
+            let stride = self.series_stride.max(1);
+            if self.series_seen % stride == 0 {
+                self.clock_series
+                    .push((sample.song, seconds, sample.value_ns));
+                if self.clock_series.len() >= SERIES_POINTS {
+                    // Keep every other point and sample half as often from now on.
+                    let mut keep = false;
+                    self.clock_series.retain(|_| {
+                        keep = !keep;
+                        keep
+                    });
+                    self.series_stride = stride * 2;
+                }
+            }
+            self.series_seen += 1;
+        }
         record_into(&mut self.metrics, sample.metric, sample.value_ns);
         if sample.song > 0 {
             record_into(
@@ -214,8 +240,6 @@ fn record_into<K: PartialEq>(table: &mut Vec<(K, MetricHistogram)>, key: K, valu
     }
 }
 
-impl Figures {}
-
 /// The stats thread and the figures it keeps.
 pub struct StatsCollector {
     figures: Arc<Mutex<Figures>>,
@@ -236,6 +260,7 @@ impl StatsCollector {
         let rings: Arc<Mutex<Vec<rtrb::Consumer<Sample>>>> = Arc::new(Mutex::new(Vec::new()));
         let dropped = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let started = std::time::Instant::now();
         let thread = {
             let figures = figures.clone();
             let rings = rings.clone();
@@ -244,10 +269,11 @@ impl StatsCollector {
                 .name("backline-stats".into())
                 .spawn(move || loop {
                     let finishing = stop.load(Ordering::Acquire);
+                    let seconds = started.elapsed().as_secs_f64();
                     if let (Ok(mut f), Ok(mut rings)) = (figures.lock(), rings.lock()) {
                         for ring in rings.iter_mut() {
                             while let Ok(sample) = ring.pop() {
-                                f.record(sample);
+                                f.record(sample, seconds);
                             }
                         }
                     }

@@ -316,11 +316,14 @@ fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
     );
     let server = JackServer::start(RATE, PERIOD);
     let report = show.path("report.json");
+    let plot = show.path("plot.svg");
     let output = backline()
         .arg("rehearse")
         .arg(&show.root)
         .arg("--report")
         .arg(&report)
+        .arg("--plot")
+        .arg(&plot)
         .envs(server.envs())
         .stdin(Stdio::null())
         .output()

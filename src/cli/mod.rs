@@ -6,4 +6,5 @@ pub mod clock_only;
 pub mod console;
 pub mod logging;
 pub mod play;
+pub mod plot;
 pub mod report;

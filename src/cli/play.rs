@@ -43,6 +43,8 @@ pub struct PlayOptions {
     pub rehearsal: bool,
     /// `rehearse --report FILE.json`.
     pub report: Option<std::path::PathBuf>,
+    /// `rehearse --plot FILE.svg`.
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// Feeds the clock thread: each prepared song's tempo map and MIDI file, each selected
@@ -432,6 +434,15 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     for role in [Role::Audio, Role::Render, Role::Clock] {
         if let Some(rt) = rt::report(role) {
             println!("real-time: {rt}");
+        }
+    }
+    if let Some(path) = &options.plot {
+        match super::plot::write_svg(path, &figures, &song_names) {
+            Ok(()) => info!("rehearsal plot written to {}", path.display()),
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
         }
     }
     if let Some(path) = &options.report {
