@@ -21,6 +21,8 @@ pub enum Metric {
     ClockLateness,
     /// MIDI-file events: completion of the write − deadline.
     MidiEventLateness,
+    /// An audio xrun; the value is the song position in frames, not a duration.
+    Xrun,
 }
 
 impl Metric {
@@ -39,6 +41,7 @@ impl Metric {
             Metric::AudioBusy => "audio callback time",
             Metric::ClockLateness => "beat clock lateness",
             Metric::MidiEventLateness => "MIDI file event lateness",
+            Metric::Xrun => "xrun",
         }
     }
 }
@@ -164,12 +167,18 @@ pub struct Figures {
     pub per_song: Vec<((u32, Metric), MetricHistogram)>,
     /// Samples dropped because a ring was full.
     pub dropped: u64,
+    /// Xruns as they happened: (wall-clock time, song tag, song position in frames), the
+    /// first [`MAX_XRUN_EVENTS`].
+    pub xrun_events: Vec<(std::time::SystemTime, u32, i64)>,
     /// Beat-clock lateness over time: (song tag, seconds since the stats thread started,
     /// lateness ns), thinned to at most [`SERIES_POINTS`] points.
     pub clock_series: Vec<(u32, f64, i64)>,
     series_stride: usize,
     series_seen: usize,
 }
+
+/// Xrun events kept with their time and place (the count goes on beyond).
+pub const MAX_XRUN_EVENTS: usize = 1000;
 
 /// Most points kept for the lateness-over-time plot (older points are thinned, not dropped
 /// wholesale, so the whole run stays visible).
@@ -201,6 +210,13 @@ impl Figures {
     }
 
     fn record(&mut self, sample: Sample, seconds: f64) {
+        if sample.metric == Metric::Xrun {
+            if self.xrun_events.len() < MAX_XRUN_EVENTS {
+                self.xrun_events
+                    .push((std::time::SystemTime::now(), sample.song, sample.value_ns));
+            }
+            return;
+        }
         if sample.metric == Metric::ClockLateness {
             let stride = self.series_stride.max(1);
             if self.series_seen % stride == 0 {

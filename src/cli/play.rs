@@ -427,7 +427,10 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         xruns,
     };
     if options.rehearsal {
-        print!("{}", super::report::per_song_table(&figures, &song_names));
+        print!(
+            "{}",
+            super::report::per_song_table(&figures, &song_names, rate)
+        );
         println!("== overall");
     }
     println!("{report}");
@@ -452,6 +455,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             device: &opened.description,
             period_ns,
             xruns,
+            sample_rate: rate,
         };
         let json = super::report::json_report(&figures, &facts);
         match super::report::write_json(path, &json) {

@@ -18,6 +18,7 @@ pub fn metric_key(metric: Metric) -> &'static str {
         Metric::AudioBusy => "audio_callback_time",
         Metric::ClockLateness => "clock_lateness",
         Metric::MidiEventLateness => "midi_event_lateness",
+        Metric::Xrun => "xrun",
     }
 }
 
@@ -35,8 +36,8 @@ fn row(label: &str, histogram: &MetricHistogram) -> String {
     )
 }
 
-/// The per-song tables, then the overall one, as text.
-pub fn per_song_table(figures: &Figures, song_names: &[String]) -> String {
+/// The per-song tables, as text.
+pub fn per_song_table(figures: &Figures, song_names: &[String], sample_rate: u32) -> String {
     let mut out = String::new();
     let header = format!(
         "  {:<34} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
@@ -54,6 +55,23 @@ pub fn per_song_table(figures: &Figures, song_names: &[String]) -> String {
                 out.push_str(&row(metric.label(), h));
                 out.push('\n');
             }
+        }
+        let xruns: Vec<String> = figures
+            .xrun_events
+            .iter()
+            .filter(|(_, song, _)| *song == tag)
+            .map(|(_, _, frames)| {
+                format!("{:.1} s", *frames as f64 / f64::from(sample_rate.max(1)))
+            })
+            .collect();
+        if xruns.is_empty() {
+            out.push_str("  xruns: none\n");
+        } else {
+            out.push_str(&format!(
+                "  xruns: {} (at {})\n",
+                xruns.len(),
+                xruns.join(", ")
+            ));
         }
         if let Some(clock) = figures.get_song(tag, Metric::ClockLateness) {
             out.push_str(&format!("  {}\n", verdict(clock.summary().p99)));
@@ -97,6 +115,13 @@ pub struct RunFacts<'a> {
     pub period_ns: i64,
     /// Device xruns.
     pub xruns: u64,
+    /// Frames per second, to turn xrun positions into seconds.
+    pub sample_rate: u32,
+}
+
+fn unix_seconds(time: std::time::SystemTime) -> f64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The JSON report.
@@ -130,6 +155,18 @@ pub fn json_report(figures: &Figures, facts: &RunFacts) -> Value {
         "device": facts.device,
         "period_ns": facts.period_ns,
         "xruns": facts.xruns,
+        "xrun_events": figures
+            .xrun_events
+            .iter()
+            .map(|(time, song, frames)| {
+                json!({
+                    "unix_time": unix_seconds(*time),
+                    "song": song,
+                    "song_name": song.checked_sub(1).and_then(|i| facts.song_names.get(i as usize)),
+                    "position_s": *frames as f64 / f64::from(facts.sample_rate.max(1)),
+                })
+            })
+            .collect::<Vec<_>>(),
         "samples_dropped": figures.dropped,
         "realtime": realtime,
         "overall": metrics_json(|m| figures.get(m).cloned()),
@@ -168,6 +205,7 @@ mod tests {
             device: "wav:x",
             period_ns: 5_333_333,
             xruns: 0,
+            sample_rate: 48_000,
         };
         let report = json_report(&figures, &facts);
         assert_eq!(report["schema"], "backline-rehearsal");
@@ -188,7 +226,7 @@ mod tests {
         );
         assert_eq!(report["overall"]["clock_lateness"]["count"], 101);
         assert_eq!(report["songs"][1]["metrics"]["clock_lateness"]["count"], 1);
-        let text = per_song_table(&figures, &names);
+        let text = per_song_table(&figures, &names, 48_000);
         assert!(
             text.contains("== 1/2 One") && text.contains("== 2/2 Two"),
             "{text}"

@@ -118,6 +118,12 @@ impl AudioCallback {
             // A callback more than half a period late means the device ran dry.
             if interval > period_ns + period_ns / 2 {
                 self.status.xruns.fetch_add(1, Ordering::Relaxed);
+                if let Some(timings) = self.timings.as_mut() {
+                    // Where in the song it happened, for the rehearsal report.
+                    timings.set_song(self.status.song_tag.load(Ordering::Relaxed));
+                    let position = self.status.position.load(Ordering::Relaxed);
+                    timings.send(Metric::Xrun, position as i64);
+                }
             }
         }
         now
