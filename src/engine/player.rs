@@ -129,6 +129,7 @@ pub struct Player {
     playing: bool,
     device_lost_reported: bool,
     observer: Option<Box<dyn SongObserver>>,
+    skipped_songs: BTreeSet<usize>,
 }
 
 impl Player {
@@ -158,6 +159,7 @@ impl Player {
             playing: false,
             device_lost_reported: false,
             observer: None,
+            skipped_songs: BTreeSet::new(),
         }
     }
 
@@ -310,11 +312,22 @@ impl Player {
             .and_then(|id| self.prepared.get(&id))
             .map(|i| i.index)
         {
-            if let Some((_, song)) = self.prepare_from(index, 1) {
-                let id = song.id;
-                self.wait_preroll(&song);
-                self.send(Command::Load(song));
-                self.current = Some(id);
+            match self.prepare_from(index, 1) {
+                Some((new_index, song)) => {
+                    let id = song.id;
+                    self.wait_preroll(&song);
+                    self.send(Command::Load(song));
+                    self.current = Some(id);
+                    if new_index != index {
+                        // The song broke since it was first opened: the next playable one
+                        // took its place, so what follows it must be queued again.
+                        self.queue_after(new_index);
+                    }
+                }
+                None => {
+                    // Nothing playable from here on: "play" starts the set again.
+                    self.current = None;
+                }
             }
         }
     }
@@ -553,7 +566,10 @@ impl Player {
             match self.prepare(at) {
                 Ok(song) => return Some((at, song)),
                 Err(e) => {
-                    self.summary.skipped += 1;
+                    // Count each broken song once, however often it is tried.
+                    if self.skipped_songs.insert(at) {
+                        self.summary.skipped += 1;
+                    }
                     error!("song skipped: {}: {e}", self.setlist.songs[at].name);
                 }
             }
