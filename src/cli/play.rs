@@ -26,6 +26,9 @@ use crate::stats::{StatsCollector, TimingReport};
 use crate::timing::anchor::anchor;
 use crate::timing::{AudioClock, TempoMap};
 
+/// Device periods of silence before the first song starts.
+const WARM_UP_CALLBACKS: u64 = 16;
+
 /// Options of `backline play`.
 #[derive(Debug, Clone, Default)]
 pub struct PlayOptions {
@@ -262,7 +265,10 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             Err(e) => error!("{e}: the show plays without MIDI"),
         }
     }
-    if !player.load_first(true) {
+    // A file render starts with the first song; a device first runs a few periods of
+    // silence, so that start-up (page faults, RT promotion, a JACK client joining the graph)
+    // cannot cost the first notes of the show.
+    if !player.load_first(wav.is_some()) {
         error!("nothing to play: every song in the set failed to load");
         return 1;
     }
@@ -329,6 +335,15 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     );
     if settings.enabled {
         rt::lock_memory();
+    }
+    if wav.is_none() {
+        let warm = std::time::Instant::now();
+        while status.callbacks.load(std::sync::atomic::Ordering::Relaxed) < WARM_UP_CALLBACKS
+            && warm.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        player.start();
     }
 
     let quit = Arc::new(AtomicBool::new(false));
@@ -416,8 +431,11 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         }
     }
     let xruns = status.xruns.load(std::sync::atomic::Ordering::Relaxed);
+    let underruns = status
+        .underrun_frames
+        .load(std::sync::atomic::Ordering::Relaxed);
     info!(
-        "done: {} started, {} finished, {} skipped, {xruns} xruns",
+        "done: {} started, {} finished, {} skipped, {xruns} xruns, {underruns} stem-frames of loader underrun",
         summary.started, summary.finished, summary.skipped,
     );
     let figures = stats.finish();

@@ -186,6 +186,11 @@ impl Player {
         true
     }
 
+    /// Starts playing the loaded song (after the output has warmed up).
+    pub fn start(&mut self) {
+        self.play();
+    }
+
     /// Runs until the set ends (when `exit_at_set_end`), a Quit request, or `quit` is set.
     pub fn run(
         &mut self,
