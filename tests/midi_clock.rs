@@ -271,3 +271,81 @@ fn clock_only_rehearsal_measures_the_clock_alone() {
         "{stdout}"
     );
 }
+
+#[test]
+fn persist_tempo_keeps_the_clock_running_while_stopped() {
+    let show = TestShow::new("persist");
+    show.tone_song("a", "Long", 440.0, 20.0);
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
+    );
+    show.write(
+        "backline.yaml",
+        &format!(
+            "songs: songs\naudio:\n  track_mappings:\n    tone: [1]\nmidi:\n  persist_tempo: true\n  outputs:\n    - name: wire\n      path: {}\n",
+            show.path("midi.fifo").display()
+        ),
+    );
+    let reader = fifo_reader(&show.path("midi.fifo"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
+    command
+        .arg("play")
+        .arg(&show.root)
+        .arg("--output")
+        .arg(format!("wav:{}", show.path("out.wav").display()));
+    let mut ui = common::PtyChild::spawn(command);
+    assert!(
+        ui.wait_for_output("1/1 Long", std::time::Duration::from_secs(10)),
+        "{}",
+        ui.stderr_so_far()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    ui.send(b" "); // stop: Stop, but the clock runs on at 120 BPM
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    ui.send(b" "); // play from the top: Start
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    ui.send(b"q");
+    let status = ui
+        .wait_timeout(std::time::Duration::from_secs(10))
+        .expect("q quits");
+    assert!(status.success(), "{}", ui.stderr_so_far());
+    let bytes = reader.join().expect("reader");
+    let stop = bytes
+        .iter()
+        .position(|&(_, b)| b == 0xFC)
+        .expect("Stop on stop");
+    let restart = stop
+        + bytes[stop..]
+            .iter()
+            .position(|&(_, b)| b == 0xFA)
+            .expect("Start on play");
+    let free: Vec<u64> = bytes[stop..restart]
+        .iter()
+        .filter(|&&(_, b)| b == 0xF8)
+        .map(|&(t, _)| t)
+        .collect();
+    assert!(
+        free.len() >= 50,
+        "ticks while stopped for 1.5 s at 120 BPM: {}",
+        free.len()
+    );
+    let mean = (free[free.len() - 1] - free[0]) as f64 / (free.len() - 1) as f64 / 1e6;
+    assert!(
+        (mean - 20.833).abs() < 0.5,
+        "free-running at the last tempo: {mean:.3} ms"
+    );
+    // No burst: no two ticks around the stop closer than a quarter of an interval.
+    let around: Vec<u64> = bytes[stop.saturating_sub(20)..(stop + 20).min(bytes.len())]
+        .iter()
+        .filter(|&&(_, b)| b == 0xF8)
+        .map(|&(t, _)| t)
+        .collect();
+    for pair in around.windows(2) {
+        let gap_ms = (pair[1] - pair[0]) as f64 / 1e6;
+        assert!(
+            gap_ms > 1.0 && gap_ms < 45.0,
+            "tick spacing at the stop: {gap_ms:.2} ms"
+        );
+    }
+}

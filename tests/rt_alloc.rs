@@ -152,6 +152,7 @@ fn clock_thread_never_allocates() {
         spin_us: 100,
         rt: RtSettings::default(),
         probe: rt::probe().summary(),
+        persist_tempo: true,
     };
     let (clock, _trash) = ClockThread::start(
         outputs.slots.clone(),

@@ -246,6 +246,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             spin_us: show.config.realtime.spin_us,
             rt: settings,
             probe,
+            persist_tempo: show.config.midi.persist_tempo,
         };
         match ClockThread::start(
             outputs.slots.clone(),

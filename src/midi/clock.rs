@@ -69,6 +69,8 @@ pub struct ClockSettings {
     pub rt: RtSettings,
     /// What the probe found, for the promotion.
     pub probe: ProbeSummary,
+    /// Keep sending Timing Clock at the last tempo while no song plays.
+    pub persist_tempo: bool,
 }
 
 /// The running clock thread.
@@ -84,6 +86,16 @@ struct Playing {
     next_tick: u64,
     next_event: usize,
     started: bool,
+    /// Deadline and tempo of the last tick sent, where a free run continues from.
+    last_tick: Option<(u64, f64)>,
+}
+
+/// The clock running on at the last song's tempo while no song plays (`persist_tempo`).
+/// Tick k falls at `from + k × interval`: absolute, so it does not drift either.
+struct FreeRun {
+    from: u64,
+    interval_ns: f64,
+    sent: u64,
 }
 
 struct Clock {
@@ -94,6 +106,7 @@ struct Clock {
     trash: rtrb::Producer<Box<ClockSong>>,
     songs: [Option<Box<ClockSong>>; SONG_SLOTS],
     playing: Option<Playing>,
+    free: Option<FreeRun>,
     current_id: u64,
     stats: SampleSender,
     settings: ClockSettings,
@@ -120,6 +133,7 @@ impl ClockThread {
             trash: trash_tx,
             songs: Default::default(),
             playing: None,
+            free: None,
             current_id: 0,
             stats,
             settings,
@@ -190,7 +204,7 @@ impl Clock {
                 std::hint::spin_loop();
             }
             if is_tick {
-                self.send_tick();
+                self.send_tick(deadline);
             } else {
                 self.send_event();
             }
@@ -284,6 +298,8 @@ impl Clock {
             self.stop_song();
         }
         self.current_id = anchor.song_id;
+        // The new song's own Start and ticks take over from a free-running clock.
+        self.free = None;
         let tag = self.songs[slot].as_ref().map_or(0, |s| s.song_tag);
         self.stats.set_song(tag);
         let mut playing = Playing {
@@ -292,6 +308,7 @@ impl Clock {
             next_tick: 0,
             next_event: 0,
             started: false,
+            last_tick: None,
         };
         // Joining late (the song started before this thread saw it): resume from where the
         // song is, with Song Position Pointer + Continue, rather than a burst of old ticks.
@@ -334,6 +351,15 @@ impl Clock {
         if playing.started {
             self.write_clock(&[STOP]);
         }
+        if self.settings.persist_tempo {
+            if let Some((from, bpm)) = playing.last_tick.filter(|(_, bpm)| *bpm > 0.0) {
+                self.free = Some(FreeRun {
+                    from,
+                    interval_ns: 60e9 / (bpm * PPQN),
+                    sent: 0,
+                });
+            }
+        }
         if let Some(schedule) = self.songs[playing.slot]
             .as_ref()
             .and_then(|s| s.schedule.as_ref())
@@ -360,7 +386,12 @@ impl Clock {
 
     /// The earliest pending deadline: (time, is it a clock tick).
     fn next_deadline(&self) -> Option<(u64, bool)> {
-        let playing = self.playing.as_ref()?;
+        let Some(playing) = self.playing.as_ref() else {
+            return self
+                .free
+                .as_ref()
+                .map(|f| (f.from + ((f.sent + 1) as f64 * f.interval_ns) as u64, true));
+        };
         let song = self.songs[playing.slot].as_ref()?;
         let tick = song.tempo.as_ref().and_then(|tempo| {
             let seconds = tempo.seconds_at_beat(playing.next_tick as f64 / PPQN);
@@ -398,13 +429,25 @@ impl Clock {
             .unwrap_or(0)
     }
 
-    fn send_tick(&mut self) {
+    fn send_tick(&mut self, deadline: u64) {
         let Some(playing) = self.playing.as_mut() else {
+            if let Some(free) = self.free.as_mut() {
+                free.sent += 1;
+                self.write_clock(&[TIMING_CLOCK]);
+            }
             return;
         };
         let first = !playing.started;
+        let beat = playing.next_tick as f64 / PPQN;
+        let bpm = self.songs[playing.slot]
+            .as_ref()
+            .and_then(|s| s.tempo.as_ref())
+            .map_or(120.0, |tempo| {
+                tempo.bpm_at_seconds(tempo.seconds_at_beat(beat))
+            });
         playing.started = true;
         playing.next_tick += 1;
+        playing.last_tick = Some((deadline, bpm));
         if first {
             self.write_clock(&[START, TIMING_CLOCK]);
         } else {
