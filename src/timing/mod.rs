@@ -26,6 +26,26 @@ struct Segment {
 }
 
 impl Segment {
+    /// A stretch of constant tempo.
+    fn steady(
+        start_beat: f64,
+        start_seconds: f64,
+        bpm: f64,
+        beats: f64,
+        meter: TimeSignature,
+        start_measure: f64,
+    ) -> Segment {
+        Segment {
+            start_beat,
+            start_seconds,
+            start_bpm: bpm,
+            end_bpm: bpm,
+            beats,
+            meter,
+            start_measure,
+        }
+    }
+
     fn is_ramp(&self) -> bool {
         self.beats.is_finite() && (self.end_bpm - self.start_bpm).abs() > 1e-9
     }
@@ -110,15 +130,7 @@ impl TempoMap {
         for change in &spec.changes {
             let change_measure = f64::from(change.measure);
             let quarters = (change_measure - measure).max(0.0) * meter.quarters_per_measure();
-            let plain = Segment {
-                start_beat: beat,
-                start_seconds: seconds,
-                start_bpm: bpm,
-                end_bpm: bpm,
-                beats: quarters,
-                meter,
-                start_measure: measure,
-            };
+            let plain = Segment::steady(beat, seconds, bpm, quarters, meter, measure);
             seconds = plain.end_seconds();
             beat += quarters;
             measure = change_measure;
@@ -145,15 +157,14 @@ impl TempoMap {
             }
             bpm = change.bpm;
         }
-        segments.push(Segment {
-            start_beat: beat,
-            start_seconds: seconds,
-            start_bpm: bpm,
-            end_bpm: bpm,
-            beats: f64::INFINITY,
+        segments.push(Segment::steady(
+            beat,
+            seconds,
+            bpm,
+            f64::INFINITY,
             meter,
-            start_measure: measure,
-        });
+            measure,
+        ));
         TempoMap { segments }
     }
 
@@ -213,15 +224,14 @@ impl TempoMap {
             if let Some(last) = segments.last_mut() {
                 last.beats = beat - last.start_beat;
             }
-            segments.push(Segment {
-                start_beat: beat,
-                start_seconds: seconds,
-                start_bpm: bpm,
-                end_bpm: bpm,
-                beats: f64::INFINITY,
+            segments.push(Segment::steady(
+                beat,
+                seconds,
+                bpm,
+                f64::INFINITY,
                 meter,
-                start_measure: 1.0 + beat / meter.quarters_per_measure(),
-            });
+                1.0 + beat / meter.quarters_per_measure(),
+            ));
         }
         if segments.is_empty() {
             return Some(TempoMap::constant(120.0));
@@ -231,15 +241,7 @@ impl TempoMap {
                 // 120 BPM until the first tempo event.
                 segments.insert(
                     0,
-                    Segment {
-                        start_beat: 0.0,
-                        start_seconds: 0.0,
-                        start_bpm: 120.0,
-                        end_bpm: 120.0,
-                        beats: segments[0].start_beat,
-                        meter,
-                        start_measure: 1.0,
-                    },
+                    Segment::steady(0.0, 0.0, 120.0, segments[0].start_beat, meter, 1.0),
                 );
             }
         }
