@@ -11,11 +11,12 @@
 //!
 //! Run: `cargo bench --bench clock_jitter` (BACKLINE_BENCH_SECONDS per condition, default 20).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+
+use common::percentile;
 
 const BPM: f64 = 300.0;
 
@@ -64,13 +65,6 @@ struct Row {
     ticks: usize,
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
     let dir = std::env::temp_dir().join(format!(
         "backline-jitter-{}-{realtime}-{load}",
@@ -91,22 +85,7 @@ fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
         )
         .spawn()
         .ok()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let hogs: Vec<_> = (0..if load {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        0
-    })
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 1u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
+    let load = common::Load::start(load);
     let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
     command
         .args([
@@ -127,10 +106,7 @@ fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
         command.arg("--no-rt");
     }
     let status = command.output().ok()?;
-    stop.store(true, Ordering::Relaxed);
-    for hog in hogs {
-        let _ = hog.join();
-    }
+    drop(load);
     let _ = reader.wait();
     if !status.status.success() {
         eprintln!(
@@ -182,39 +158,14 @@ fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
 }
 
 fn cyclictest(seconds: u64) -> Option<[f64; 4]> {
-    let output = Command::new("cyclictest")
-        .args([
-            "-m", "-p", "80", "-i", "1000", "-t", "1", "-q", "-h", "20000",
-        ])
-        .arg(format!("-D{seconds}"))
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut values = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let mut parts = line.split_whitespace();
-        if let (Some(Ok(us)), Some(Ok(count))) = (
-            parts.next().map(str::parse::<f64>),
-            parts.next().map(str::parse::<usize>),
-        ) {
-            values.extend(std::iter::repeat(us).take(count));
-        }
-    }
-    let max: f64 = text
-        .lines()
-        .find(|l| l.starts_with("# Max Latencies"))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()?;
-    (!values.is_empty()).then(|| {
-        [
-            percentile(&values, 0.5),
-            percentile(&values, 0.99),
-            percentile(&values, 0.999),
-            max,
-        ]
-    })
+    let (mut latencies, max) = common::cyclictest(seconds)?;
+    latencies.sort_by(f64::total_cmp);
+    Some([
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.999),
+        max,
+    ])
 }
 
 fn main() {
@@ -245,22 +196,10 @@ fn main() {
         "drift",
         "p99/floor"
     );
-    let floor = std::thread::scope(|scope| {
-        let stop = Arc::new(AtomicBool::new(false));
-        for _ in 0..std::thread::available_parallelism().map_or(2, |n| n.get()) {
-            let stop = stop.clone();
-            scope.spawn(move || {
-                let mut x = 1u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            });
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let floor = cyclictest(seconds);
-        stop.store(true, Ordering::Relaxed);
-        floor
-    });
+    let floor = {
+        let _load = common::Load::start(true);
+        cyclictest(seconds)
+    };
     for (name, realtime, load) in [
         ("SCHED_FIFO, idle", true, false),
         ("SCHED_FIFO, loaded", true, true),

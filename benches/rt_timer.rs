@@ -7,10 +7,7 @@
 //! Needs root or CAP_SYS_NICE for the SCHED_FIFO rows; target: SCHED_FIFO under load p99
 //! within 2× of cyclictest's.
 
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
 use backline::engine::callback::monotonic_ns;
 use backline::rt::{self, Role, RtSettings};
@@ -46,59 +43,19 @@ fn timer_loop(realtime: bool, seconds: u64) -> Summary {
 }
 
 fn cyclictest(seconds: u64) -> Option<Summary> {
-    let output = Command::new("cyclictest")
-        .args([
-            "-m", "-p", "80", "-i", "1000", "-t", "1", "-q", "-h", "20000",
-        ])
-        .arg(format!("-D{seconds}"))
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    let (latencies, max_us) = common::cyclictest(seconds)?;
     let mut histogram = MetricHistogram::default();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let mut parts = line.split_whitespace();
-        let (Some(us), Some(count)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let (Ok(us), Ok(count)) = (us.parse::<i64>(), count.parse::<u64>()) else {
-            continue;
-        };
-        for _ in 0..count {
-            histogram.record(us * 1000);
-        }
+    for us in latencies {
+        histogram.record((us * 1000.0) as i64);
     }
-    let max_line = text.lines().find(|l| l.starts_with("# Max Latencies"))?;
-    let max_us: i64 = max_line.split_whitespace().last()?.parse().ok()?;
     let mut summary = histogram.summary();
-    summary.max = summary.max.max(max_us * 1000);
-    (summary.count > 0).then_some(summary)
+    summary.max = summary.max.max((max_us * 1000.0) as i64);
+    Some(summary)
 }
 
 fn with_load<T>(load: bool, run: impl FnOnce() -> T) -> T {
-    let stop = Arc::new(AtomicBool::new(false));
-    let cores = if load {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        0
-    };
-    let hogs: Vec<_> = (0..cores)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let result = run();
-    stop.store(true, Ordering::Relaxed);
-    for hog in hogs {
-        let _ = hog.join();
-    }
-    result
+    let _load = common::Load::start(load);
+    run()
 }
 
 fn row(name: &str, s: &Summary, floor: Option<&Summary>) {

@@ -27,30 +27,52 @@ struct Cli {
     command: Command,
 }
 
+/// The options `play` and `rehearse` share.
+#[derive(clap::Args)]
+struct ShowArgs {
+    /// Playlist name (file stem) or playlist file.
+    #[arg(long)]
+    playlist: Option<String>,
+    /// Output device: a cpal device name, `default`, `jack`, or `wav:PATH` to render to a file in real time.
+    #[arg(long)]
+    output: Option<String>,
+    /// Do not try real-time scheduling.
+    #[arg(long)]
+    no_rt: bool,
+    /// SCHED_FIFO priority of the audio thread (the clock gets 10 more, at most 99).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=89))]
+    rt_priority: Option<u8>,
+}
+
+impl ShowArgs {
+    fn options(self, rehearsal: bool) -> PlayOptions {
+        PlayOptions {
+            playlist: self.playlist,
+            output: self.output,
+            no_rt: self.no_rt,
+            rt_priority: self.rt_priority,
+            speed: None,
+            rehearsal,
+            report: None,
+            plot: None,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Play a set: a folder of songs, a folder with backline.yaml, or a backline.yaml.
     Play {
         /// Songs folder or backline.yaml.
         target: PathBuf,
-        /// Playlist name (file stem) or playlist file.
-        #[arg(long)]
-        playlist: Option<String>,
-        /// Output device: a cpal device name, `default`, `jack`, or `wav:PATH` to render to a file in real time.
-        #[arg(long)]
-        output: Option<String>,
-        /// Do not try real-time scheduling.
-        #[arg(long)]
-        no_rt: bool,
-        /// SCHED_FIFO priority of the audio thread (the clock gets 10 more, at most 99).
-        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=89))]
-        rt_priority: Option<u8>,
+        #[command(flatten)]
+        show: ShowArgs,
         /// With `--output wav:PATH`: render this many times faster than real time (an offline bounce).
         #[arg(long, value_parser = parse_speed)]
         speed: Option<f64>,
     },
     /// Play a set like `play`, then report the timing of every song (beat clock, MIDI file,
-    /// audio callback, xruns, real-time state) as a table and optionally as JSON.
+    /// audio callback, xruns, real-time state) as a table, and optionally as JSON and SVG.
     Rehearse {
         /// Songs folder or backline.yaml (not with --clock-only).
         #[arg(required_unless_present = "clock_only")]
@@ -67,18 +89,8 @@ enum Command {
         /// Where --clock-only sends the clock (a serial port, /dev/snd/midiC*D*, a FIFO).
         #[arg(long)]
         midi_out: Option<PathBuf>,
-        /// Playlist name (file stem) or playlist file.
-        #[arg(long)]
-        playlist: Option<String>,
-        /// Output device (see `play`).
-        #[arg(long)]
-        output: Option<String>,
-        /// Do not try real-time scheduling.
-        #[arg(long)]
-        no_rt: bool,
-        /// SCHED_FIFO priority of the audio thread (the clock gets 10 more, at most 99).
-        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=89))]
-        rt_priority: Option<u8>,
+        #[command(flatten)]
+        show: ShowArgs,
         /// Also write the figures (with histogram buckets) as JSON.
         #[arg(long)]
         report: Option<PathBuf>,
@@ -113,22 +125,13 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Play {
             target,
-            playlist,
-            output,
-            no_rt,
-            rt_priority,
+            show,
             speed,
         } => play::run(
             &target,
             &PlayOptions {
-                playlist,
-                output,
-                no_rt,
-                rt_priority,
                 speed,
-                rehearsal: false,
-                report: None,
-                plot: None,
+                ..show.options(false)
             },
         ),
         Command::Rehearse {
@@ -137,22 +140,14 @@ fn main() -> ExitCode {
             bpm,
             duration,
             midi_out,
-            playlist,
-            output,
-            no_rt,
-            rt_priority,
+            show,
             report,
             plot,
         } => {
             let options = PlayOptions {
-                playlist,
-                output,
-                no_rt,
-                rt_priority,
-                speed: None,
-                rehearsal: true,
                 report,
                 plot,
+                ..show.options(true)
             };
             match (clock_only, target, midi_out) {
                 (true, _, Some(midi_out)) => run_clock_only(bpm, &duration, &midi_out, &options),
