@@ -143,7 +143,6 @@ fn clock_thread_never_allocates() {
             offset_ms: 0.0,
         }],
         RtSettings::default(),
-        rt::probe().summary(),
     );
     let (stats, _audio_sender) = StatsCollector::start();
     let (mut commands, commands_rx) = rtrb::RingBuffer::new(16);

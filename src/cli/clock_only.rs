@@ -17,6 +17,9 @@ impl Drop for ClockOnlyShow {
     }
 }
 
+/// Longest clock-only run: the silent track is a mono 16-bit WAV, which must stay under 4 GiB.
+const MAX_SECONDS: f64 = 12.0 * 3600.0;
+
 /// Parses "60s", "10m", "1h" or plain seconds.
 pub fn parse_duration(text: &str) -> Result<f64, String> {
     let text = text.trim();
@@ -27,11 +30,11 @@ pub fn parse_duration(text: &str) -> Result<f64, String> {
         _ => (text, 1.0),
     };
     match number.trim().parse::<f64>() {
-        Ok(value) if value.is_finite() && value > 0.0 && value * scale <= 24.0 * 3600.0 => {
+        Ok(value) if value.is_finite() && value > 0.0 && value * scale <= MAX_SECONDS => {
             Ok(value * scale)
         }
         _ => Err(format!(
-            "`{text}` is not a duration: expected e.g. 60s, 10m or 1h (at most 24h)"
+            "`{text}` is not a duration: expected e.g. 60s, 10m or 1h (at most 12h)"
         )),
     }
 }
@@ -60,13 +63,9 @@ pub fn build(
     let mut writer = hound::WavWriter::create(&wav, spec)
         .map_err(|e| format!("cannot write {}: {e}", wav.display()))?;
     let frames = (seconds * f64::from(sample_rate)).round() as u64;
-    {
-        let mut samples = writer.get_i16_writer(frames as u32);
-        for _ in 0..frames {
-            samples.write_sample(0);
-        }
-        samples
-            .flush()
+    for _ in 0..frames {
+        writer
+            .write_sample(0i16)
             .map_err(|e| format!("cannot write {}: {e}", wav.display()))?;
     }
     writer
@@ -80,11 +79,17 @@ pub fn build(
         format!("kind: song\nname: Clock check at {bpm} BPM\ntracks:\n  - name: silence\n    file: silence.wav\ntempo: {{ bpm: {bpm} }}\n"),
     )?;
     let midi_out = std::path::absolute(midi_out).unwrap_or_else(|_| midi_out.to_path_buf());
+    let midi_text = midi_out.display().to_string();
+    if midi_text.contains(['"', '\\', '\n']) {
+        return Err(format!(
+            "--midi-out {midi_text}: expected a path without quotes, backslashes or newlines"
+        ));
+    }
     write(
         show.root.join("backline.yaml"),
         format!(
             "songs: songs\naudio:\n  device: \"wav:/dev/null\"\n  sample_rate: {sample_rate}\n  track_mappings:\n    silence: [1]\nmidi:\n  outputs:\n    - name: clock\n      path: \"{}\"\n      clock: true\n      midi_file: false\n",
-            midi_out.display()
+            midi_text
         ),
     )?;
     Ok(show)
@@ -102,6 +107,6 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(90.0));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("48h").is_err());
+        assert!(parse_duration("13h").is_err());
     }
 }

@@ -18,6 +18,9 @@ pub struct TerminalGuard;
 impl TerminalGuard {
     /// Switches the terminal to raw mode for single-key commands.
     pub fn enter() -> std::io::Result<TerminalGuard> {
+        // Keys typed while the show was loading must not act the moment it starts.
+        // SAFETY: tcflush on stdin's descriptor only discards pending input.
+        unsafe { libc::tcflush(libc::STDIN_FILENO, libc::TCIFLUSH) };
         terminal::enable_raw_mode()?;
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {

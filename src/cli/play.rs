@@ -28,6 +28,8 @@ use crate::timing::{AudioClock, TempoMap};
 
 /// Device periods of silence before the first song starts.
 const WARM_UP_CALLBACKS: u64 = 16;
+/// Least warm-up when a beat clock runs, so its audio-clock estimate has locked.
+const CLOCK_WARM_UP: Duration = Duration::from_secs(1);
 
 /// Options of `backline play`.
 #[derive(Debug, Clone, Default)]
@@ -145,6 +147,17 @@ pub fn report_library_problems(show: &Show) -> usize {
 
 /// Runs `backline play`. Returns the process exit code.
 pub fn run(target: &Path, options: &PlayOptions) -> i32 {
+    // Signals first: a SIGTERM or SIGUSR1 during loading must not kill the process.
+    let quit = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, quit.clone()) {
+            warn!("cannot handle signal {signal}: {e}");
+        }
+    }
+    let usr1 = Arc::new(AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone()) {
+        warn!("cannot handle SIGUSR1: {e}");
+    }
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let show = match Show::load(target) {
         Ok(show) => show,
@@ -239,7 +252,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     let (audio_clock_writer, audio_clock) = AudioClock::new(rate);
     let mut clock = None;
     if !show.config.midi.outputs.is_empty() {
-        let outputs = Outputs::open(&show.config.midi.outputs, settings, probe);
+        let outputs = Outputs::open(&show.config.midi.outputs, settings);
         let (commands_tx, commands_rx) = rtrb::RingBuffer::new(64);
         let settings = ClockSettings {
             sample_rate: rate,
@@ -338,21 +351,23 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         rt::lock_memory();
     }
     if wav.is_none() {
+        // With a beat clock, also give the audio clock time to lock to the device.
+        let settle = if clock.is_some() {
+            CLOCK_WARM_UP
+        } else {
+            Duration::ZERO
+        };
         let warm = std::time::Instant::now();
-        while status.callbacks.load(std::sync::atomic::Ordering::Relaxed) < WARM_UP_CALLBACKS
-            && warm.elapsed() < Duration::from_secs(2)
+        while (status.callbacks.load(std::sync::atomic::Ordering::Relaxed) < WARM_UP_CALLBACKS
+            || warm.elapsed() < settle)
+            && warm.elapsed() < Duration::from_secs(3)
+            && !quit.load(std::sync::atomic::Ordering::Relaxed)
         {
             std::thread::sleep(Duration::from_millis(2));
         }
         player.start();
     }
 
-    let quit = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(signal, quit.clone()) {
-            warn!("cannot handle signal {signal}: {e}");
-        }
-    }
     let (request_tx, request_rx) = mpsc::channel();
     // The footswitch feeds the same requests as the keyboard.
     let _control = show.config.midi.control.as_ref().and_then(|control| {
@@ -386,10 +401,6 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             }
         }
     });
-    let usr1 = Arc::new(AtomicBool::new(false));
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone()) {
-        warn!("cannot handle SIGUSR1: {e}");
-    }
     let period_frames = opened.buffer_size.unwrap_or(show.config.audio.buffer_size);
     let period_ns = i64::from(period_frames) * 1_000_000_000 / i64::from(rate.max(1));
     let summary: RunSummary = if interactive {

@@ -17,6 +17,15 @@ const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
 ];
 
+/// One colour per song (by setlist position, the same in both panels); grey for ticks that
+/// belong to no song (a free-running clock between songs).
+fn colour_of(tag: u32) -> &'static str {
+    match tag {
+        0 => "#999999",
+        t => COLOURS[(t as usize - 1) % COLOURS.len()],
+    }
+}
+
 /// Lateness axis: log scale from 1 µs to the next power of ten above the maximum.
 struct LogAxis {
     min_us: f64,
@@ -107,7 +116,7 @@ pub fn svg(figures: &Figures, song_names: &[String]) -> String {
     }
     let y_share = |share: f64| bottom - share / peak_share.max(1.0) * (bottom - top - 10.0);
     for (i, (tag, shares, p99)) in curves.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+        let colour = colour_of(*tag);
         let points: Vec<String> = shares
             .iter()
             .enumerate()
@@ -145,7 +154,7 @@ pub fn svg(figures: &Figures, song_names: &[String]) -> String {
     let (top2, bottom2) = (400.0, 700.0);
     let _ = writeln!(
         out,
-        r#"<text x="{LEFT}" y="{}" font-weight="bold">When: lateness of every tick over the run (log scale)</text>"#,
+        r#"<text x="{LEFT}" y="{}" font-weight="bold">When: lateness of the ticks over the run (log scale; long runs are thinned evenly)</text>"#,
         top2 - 8.0
     );
     let end = figures.clock_series.last().map_or(1.0, |p| p.1).max(1.0);
@@ -175,13 +184,12 @@ pub fn svg(figures: &Figures, song_names: &[String]) -> String {
         din + 4.0
     );
     for (song, seconds, ns) in &figures.clock_series {
-        let index = songs.iter().position(|t| t == song).unwrap_or(0);
         let _ = writeln!(
             out,
             r#"<circle cx="{:.1}" cy="{:.1}" r="1.6" fill="{}"/>"#,
             LEFT + seconds / end * plot_width,
             y_late((*ns as f64 / 1000.0).max(1.0)),
-            COLOURS[index % COLOURS.len()]
+            colour_of(*song)
         );
     }
     for step in 0..=5 {

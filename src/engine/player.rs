@@ -350,6 +350,7 @@ impl Player {
             // A looping song queues itself; "next" leaves the loop for the following song.
             if let Some((_, song)) = self.prepare_from(index + 1, 1) {
                 let id = song.id;
+                self.wait_preroll(&song);
                 self.send(Command::Load(song));
                 self.current = Some(id);
                 if !self.playing {
@@ -444,8 +445,11 @@ impl Player {
             if let Some((_, song)) = self.prepare_from(start, 1) {
                 self.queued = Some(song.id);
                 self.send(Command::Queue(song));
+                return;
             }
         }
+        // Nothing follows: the transport must not keep an older queued song.
+        self.send(Command::Unqueue);
     }
 
     fn announce(&mut self, id: u64, what: &str) {

@@ -27,6 +27,8 @@ pub enum Command {
     Load(Box<PreparedSong>),
     /// Set the song to start the moment the current one ends (or on `Advance`).
     Queue(Box<PreparedSong>),
+    /// Forget the queued song (the set ends after the current one).
+    Unqueue,
     /// Start playing the current song.
     Play,
     /// Stop: the current song is sent back; the control thread loads a fresh copy.
@@ -246,6 +248,10 @@ impl Transport {
                 }
                 Command::Queue(song) => {
                     let old = self.queued.replace(song);
+                    self.discard(old);
+                }
+                Command::Unqueue => {
+                    let old = self.queued.take();
                     self.discard(old);
                 }
                 Command::Play => {

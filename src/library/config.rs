@@ -454,6 +454,32 @@ fn convert_midi(
             offset_ms: output.offset_ms,
         });
     }
+    // One clock thread serves every output: outputs carrying the same stream must agree on
+    // their offset (a per-output schedule is future work), and an offset earlier than the
+    // song start is known cannot be honoured at the first notes.
+    for (what, carries) in [
+        (
+            "clock",
+            (|o: &MidiOutputConfig| o.clock) as fn(&MidiOutputConfig) -> bool,
+        ),
+        ("midi_file", |o: &MidiOutputConfig| o.midi_file),
+    ] {
+        let offsets: Vec<f64> = outputs
+            .iter()
+            .filter(|o| carries(o))
+            .map(|o| o.offset_ms)
+            .collect();
+        if offsets.windows(2).any(|w| w[0] != w[1]) {
+            errors.push(at(
+                "offset_ms",
+                None,
+                format!(
+                    "MIDI outputs with `{what}: true` have different offset_ms ({}): expected one offset for all of them",
+                    offsets.iter().map(|o| o.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
     let control = raw.control.map(|c| {
         for (key, event) in [
             ("play", &c.play),
@@ -541,5 +567,16 @@ mod tests {
         let unknown =
             Config::parse(Path::new("b.yaml"), "audio:\n  devcie: x\n").expect_err("unknown");
         assert_eq!(unknown[0].line, Some(2));
+    }
+
+    #[test]
+    fn outputs_of_one_stream_share_their_offset() {
+        let text = "midi:\n  outputs:\n    - { name: a, path: x, offset_ms: 5 }\n    - { name: b, path: y, offset_ms: 0 }\n";
+        let errors = Config::parse(Path::new("b.yaml"), text).expect_err("different offsets");
+        assert!(
+            errors[0].message.contains("different offset_ms (5, 0)"),
+            "{}",
+            errors[0]
+        );
     }
 }

@@ -325,16 +325,17 @@ impl Clock {
             if let Some(tempo) = &song.tempo {
                 let beat = tempo.beat_at_seconds(seconds);
                 if beat > 1.0 / PPQN {
-                    let sixteenths = (beat * 4.0).floor().clamp(0.0, 16383.0) as u16;
-                    let spp = [
-                        SONG_POSITION,
-                        (sixteenths & 0x7f) as u8,
-                        (sixteenths >> 7) as u8,
-                    ];
-                    self.write_clock(&spp);
+                    // The next sixteenth at or after now: no burst of late ticks.
+                    let sixteenths = (beat * 4.0).ceil();
+                    if sixteenths <= 16383.0 {
+                        let s = sixteenths as u16;
+                        let spp = [SONG_POSITION, (s & 0x7f) as u8, (s >> 7) as u8];
+                        self.write_clock(&spp);
+                    }
+                    // Beyond 1024 bars SPP cannot say where: Continue from the next tick.
                     self.write_clock(&[CONTINUE]);
                     playing.started = true;
-                    playing.next_tick = (f64::from(sixteenths) / 4.0 * PPQN).ceil() as u64;
+                    playing.next_tick = (sixteenths / 4.0 * PPQN).ceil() as u64;
                 }
             }
             if let Some(schedule) = &song.schedule {
@@ -351,6 +352,8 @@ impl Clock {
         if playing.started {
             self.write_clock(&[STOP]);
         }
+        // Free-running ticks belong to no song.
+        self.stats.set_song(0);
         if self.settings.persist_tempo {
             if let Some((from, bpm)) = playing.last_tick.filter(|(_, bpm)| *bpm > 0.0) {
                 self.free = Some(FreeRun {

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::library::{MidiOutputConfig, MidiTarget};
-use crate::rt::{ProbeSummary, RtSettings};
+use crate::rt::RtSettings;
 
 /// Opens (or re-opens) one output, returning a descriptor the RT thread can write to.
 type Opener = Box<dyn Fn() -> Result<i32, String> + Send>;
@@ -84,11 +84,7 @@ pub struct Outputs {
 impl Outputs {
     /// Opens what can be opened now; each output that cannot is one warning at start and is
     /// retried in the background (250 ms doubling to 5 s) until it appears.
-    pub fn open(
-        configs: &[MidiOutputConfig],
-        rt_settings: RtSettings,
-        probe: ProbeSummary,
-    ) -> Outputs {
+    pub fn open(configs: &[MidiOutputConfig], rt_settings: RtSettings) -> Outputs {
         let mut slots = Vec::new();
         let mut openers: Vec<(Arc<OutputSlot>, String, Opener)> = Vec::new();
         for config in configs {
@@ -115,7 +111,7 @@ impl Outputs {
                     (
                         format!("port `{port}`"),
                         Some(Box::new(move || {
-                            super::port::open_output(&port, rt_settings, probe)
+                            super::port::open_output(&port, rt_settings)
                         })),
                     )
                 }

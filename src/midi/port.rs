@@ -5,13 +5,13 @@
 //! loop never calls into the MIDI library.
 
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread;
 
 use midir::{MidiInput, MidiInputConnection, MidiOutput};
 
 use crate::library::MidiEvent;
-use crate::rt::{self, ProbeSummary, Role, RtSettings};
+use crate::rt::RtSettings;
 
 /// What a footswitch event asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +41,7 @@ fn find_output(midi: &MidiOutput, wanted: &str) -> Option<midir::MidiOutputPort>
 }
 
 /// Connects to output port `name` and returns the write end of a pipe that forwards to it.
-pub fn open_output(
-    name: &str,
-    rt_settings: RtSettings,
-    probe: ProbeSummary,
-) -> Result<i32, String> {
+pub fn open_output(name: &str, rt_settings: RtSettings) -> Result<i32, String> {
     let midi = MidiOutput::new("backline")
         .map_err(|e| format!("the MIDI system is not available ({e}); on Linux this needs the ALSA sequencer (/dev/snd/seq, module snd-seq)"))?;
     let port = find_output(&midi, name).ok_or_else(|| {
@@ -81,20 +77,57 @@ pub fn open_output(
     }
     // SAFETY: fds[0] is a fresh descriptor owned from here on by the forwarder.
     let mut reader = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    let port_name = name.to_string();
     thread::Builder::new()
         .name("backline-midi-port".into())
         .spawn(move || {
-            rt::promote_current_thread(Role::Clock, &rt_settings, &probe);
+            // One step below the clock, so it never preempts the clock on a shared CPU; not
+            // recorded as the clock's RT state (a failure here only adds latency).
+            if rt_settings.enabled {
+                let priority = i32::from(rt_settings.clock_priority.saturating_sub(1).max(1));
+                let param = libc::sched_param {
+                    sched_priority: priority,
+                };
+                // SAFETY: plain syscall on the calling thread.
+                unsafe {
+                    libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param)
+                };
+            }
             let mut buffer = [0u8; 256];
             let mut parser = MessageParser::default();
+            let mut last_check = std::time::Instant::now();
             loop {
-                let n = match reader.read(&mut buffer) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
+                // Wake at least once a second to see whether the port is still there: ALSA
+                // accepts sends to a vanished port, so only looking tells.
+                let mut poll = libc::pollfd {
+                    fd: reader.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
                 };
-                for &byte in &buffer[..n] {
-                    if let Some(message) = parser.push(byte) {
-                        let _ = connection.send(message);
+                // SAFETY: poll reads one valid pollfd.
+                let ready = unsafe { libc::poll(&mut poll, 1, 1000) };
+                if ready > 0 {
+                    let n = match reader.read(&mut buffer) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    for &byte in &buffer[..n] {
+                        if let Some(message) = parser.push(byte) {
+                            if connection.send(message).is_err() {
+                                // Dropping the read end makes the clock's next write fail,
+                                // which hands the output to the reconnect loop.
+                                return;
+                            }
+                        }
+                    }
+                }
+                if last_check.elapsed() >= std::time::Duration::from_secs(1) {
+                    last_check = std::time::Instant::now();
+                    let present = MidiOutput::new("backline-check")
+                        .map(|midi| find_output(&midi, &port_name).is_some())
+                        .unwrap_or(false);
+                    if !present {
+                        return;
                     }
                 }
             }
@@ -320,8 +353,7 @@ mod tests {
         if std::path::Path::new("/dev/snd/seq").exists() {
             return;
         }
-        let error = open_output("USB MIDI", RtSettings::default(), rt::probe().summary())
-            .expect_err("no sequencer");
+        let error = open_output("USB MIDI", RtSettings::default()).expect_err("no sequencer");
         assert!(error.contains("ALSA sequencer"), "{error}");
         let Err(error) = start_control("FCB1010", Vec::new(), |_| {}) else {
             panic!("connected to a footswitch without a sequencer");
