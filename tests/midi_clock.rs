@@ -349,3 +349,73 @@ fn persist_tempo_keeps_the_clock_running_while_stopped() {
         );
     }
 }
+
+#[test]
+fn resume_from_a_position_sends_song_position_and_continue() {
+    let show = TestShow::new("resume");
+    show.tone_song("a", "Long", 440.0, 20.0);
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
+    );
+    config(&show);
+    let reader = fifo_reader(&show.path("midi.fifo"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
+    command
+        .arg("play")
+        .arg(&show.root)
+        .arg("--output")
+        .arg(format!("wav:{}", show.path("out.wav").display()));
+    let mut ui = common::PtyChild::spawn(command);
+    assert!(
+        ui.wait_for_output("1/1 Long", std::time::Duration::from_secs(10)),
+        "{}",
+        ui.stderr_so_far()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    ui.send(b"r"); // pause where the song is
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    ui.send(b"r"); // resume from there
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    ui.send(b"q");
+    let status = ui
+        .wait_timeout(std::time::Duration::from_secs(10))
+        .expect("q quits");
+    assert!(status.success(), "{}", ui.stderr_so_far());
+    let bytes: Vec<u8> = reader
+        .join()
+        .expect("reader")
+        .iter()
+        .map(|&(_, b)| b)
+        .collect();
+    let stop = bytes
+        .iter()
+        .position(|&b| b == 0xFC)
+        .expect("Stop on pause");
+    let ticks_before = bytes[..stop].iter().filter(|&&b| b == 0xF8).count();
+    let spp = bytes[stop..]
+        .iter()
+        .position(|&b| b == 0xF2)
+        .map(|i| i + stop)
+        .expect("SPP on resume");
+    assert_eq!(
+        bytes.get(spp + 3),
+        Some(&0xFB),
+        "Continue right after the SPP: {:02x?}",
+        &bytes[spp..]
+    );
+    let sixteenths = usize::from(bytes[spp + 1]) | usize::from(bytes[spp + 2]) << 7;
+    // The song stood where the clock stopped: ticks_before / 6 sixteenths (6 ticks each), and
+    // it resumes at the next sixteenth.
+    let paused_at = ticks_before as f64 / 6.0;
+    assert!(
+        sixteenths as f64 >= paused_at - 0.5 && (sixteenths as f64) <= paused_at + 2.0,
+        "SPP {sixteenths} sixteenths, paused after {ticks_before} ticks"
+    );
+    assert!(!bytes[stop..spp].contains(&0xFA), "a resume is not a Start");
+    let after = bytes[spp..].iter().filter(|&&b| b == 0xF8).count();
+    assert!(
+        after > 20,
+        "the clock runs on after the resume: {after} ticks"
+    );
+}

@@ -66,7 +66,8 @@ pub fn spawn_key_reader(requests: Sender<Request>) {
     }
 }
 
-/// The key map: space = play/stop, n = next, p = previous, q / Ctrl-C = quit.
+/// The key map: space = play/stop, r = pause/resume, n = next, p = previous,
+/// q / Ctrl-C = quit.
 pub fn key_to_request(key: KeyEvent) -> Option<Request> {
     if key.kind == KeyEventKind::Release {
         return None;
@@ -74,6 +75,7 @@ pub fn key_to_request(key: KeyEvent) -> Option<Request> {
     match key.code {
         KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => Some(Request::Quit),
         KeyCode::Char(' ') => Some(Request::TogglePlay),
+        KeyCode::Char('r') => Some(Request::TogglePause),
         KeyCode::Char('n') | KeyCode::Right => Some(Request::Next),
         KeyCode::Char('p') | KeyCode::Left => Some(Request::Previous),
         KeyCode::Char('q') | KeyCode::Esc => Some(Request::Quit),
@@ -249,6 +251,7 @@ mod tests {
             key_to_request(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
             Some(Request::Quit)
         );
+        assert_eq!(key_to_request(key('r')), Some(Request::TogglePause));
         assert_eq!(key_to_request(key('x')), None);
     }
 

@@ -29,6 +29,9 @@ pub enum Request {
     Play,
     /// Stop (no-op when stopped).
     Stop,
+    /// Pause where the song is, or resume from there (the beat clock resumes with Song
+    /// Position Pointer + Continue).
+    TogglePause,
     /// Next song, immediately.
     Next,
     /// Previous song.
@@ -283,6 +286,11 @@ impl Player {
             Request::TogglePlay if self.playing => self.stop(),
             Request::TogglePlay | Request::Play => self.play(),
             Request::Stop => self.stop(),
+            Request::TogglePause if self.playing => {
+                self.send(Command::Pause);
+                self.playing = false;
+            }
+            Request::TogglePause => self.play(),
             Request::Next => self.next(),
             Request::Previous => self.previous(),
             Request::Quit => {}

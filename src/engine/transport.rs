@@ -33,6 +33,8 @@ pub enum Command {
     Play,
     /// Stop: the current song is sent back; the control thread loads a fresh copy.
     Stop,
+    /// Pause: keep the current song where it is; `Play` resumes it from there.
+    Pause,
     /// Jump to the queued song now.
     Advance,
     /// Ramp a stem of the current song to a new linear gain.
@@ -269,6 +271,13 @@ impl Transport {
                     let id = old.as_ref().map(|s| s.id);
                     self.discard(old);
                     self.emit(Event::Stopped { id });
+                }
+                Command::Pause => {
+                    if self.playing {
+                        self.playing = false;
+                        let id = self.current.as_ref().map(|s| s.id);
+                        self.emit(Event::Stopped { id });
+                    }
                 }
                 Command::Advance => {
                     if let Some(next) = self.queued.take() {
