@@ -80,3 +80,33 @@ fn undecodable_files_are_explained_not_panicked() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn seeking_lands_on_the_exact_frame() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
+    for file in ["tone.wav", "tone.flac", "tone.aiff"] {
+        let path = dir.join(file);
+        let mut whole = FileDecoder::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let channels = whole.info().channels;
+        let mut all: Vec<f32> = Vec::new();
+        while let Some(samples) = whole.next_packet().unwrap_or_else(|e| panic!("{e}")) {
+            all.extend_from_slice(samples);
+        }
+        for target in [1usize, 4_097, 10_000] {
+            let mut seeked = FileDecoder::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            seeked
+                .seek_to_frame(target as u64)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let first = seeked
+                .next_packet()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .map(|s| s[..channels * 8].to_vec())
+                .expect("audio after the seek");
+            assert_eq!(
+                first,
+                all[target * channels..(target + 8) * channels].to_vec(),
+                "{file}: seek to frame {target}"
+            );
+        }
+    }
+}

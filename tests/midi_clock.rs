@@ -419,3 +419,69 @@ fn resume_from_a_position_sends_song_position_and_continue() {
         "the clock runs on after the resume: {after} ticks"
     );
 }
+
+#[test]
+fn a_seek_sends_the_song_position_of_its_target() {
+    let show = TestShow::new("seek");
+    show.tone_song("a", "Long", 440.0, 30.0);
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
+    );
+    config(&show);
+    let reader = fifo_reader(&show.path("midi.fifo"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
+    command
+        .arg("play")
+        .arg(&show.root)
+        .arg("--output")
+        .arg(format!("wav:{}", show.path("out.wav").display()));
+    let mut ui = common::PtyChild::spawn(command);
+    assert!(
+        ui.wait_for_output("1/1 Long", std::time::Duration::from_secs(10)),
+        "{}",
+        ui.stderr_so_far()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    ui.send(b"]"); // 10 s forward
+    assert!(
+        ui.wait_for_output("0:1", std::time::Duration::from_secs(5)),
+        "the position jumps: {:?}",
+        ui.output_so_far()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    ui.send(b"q");
+    let status = ui
+        .wait_timeout(std::time::Duration::from_secs(10))
+        .expect("q quits");
+    assert!(status.success(), "{}", ui.stderr_so_far());
+    let bytes: Vec<u8> = reader
+        .join()
+        .expect("reader")
+        .iter()
+        .map(|&(_, b)| b)
+        .collect();
+    let ticks_before = bytes
+        .iter()
+        .take_while(|&&b| b != 0xFC)
+        .filter(|&&b| b == 0xF8)
+        .count();
+    let spp = bytes
+        .iter()
+        .position(|&b| b == 0xF2)
+        .expect("SPP after the seek");
+    assert_eq!(
+        bytes.get(spp + 3),
+        Some(&0xFB),
+        "Continue after the SPP: {:02x?}",
+        &bytes[spp..]
+    );
+    let sixteenths = usize::from(bytes[spp + 1]) | usize::from(bytes[spp + 2]) << 7;
+    // 10 s after where it was: (ticks / 6) sixteenths + 10 s × 8 sixteenths per second.
+    let expected = ticks_before as f64 / 6.0 + 80.0;
+    assert!(
+        (sixteenths as f64 - expected).abs() <= 3.0,
+        "SPP {sixteenths} sixteenths, expected about {expected:.1}"
+    );
+    assert!(bytes[..spp].contains(&0xFC), "the old position stops first");
+}

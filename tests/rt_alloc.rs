@@ -187,7 +187,7 @@ fn clock_thread_never_allocates() {
             audio_writer.update(frame, backline::engine::callback::monotonic_ns());
             anchor_writer.publish(Anchor {
                 song_id,
-                start_frame: (song_id - 1) * 150 * 256,
+                start_frame: (song_id as i64 - 1) * 150 * 256,
                 playing: step < 440,
             });
         });

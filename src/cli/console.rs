@@ -66,8 +66,8 @@ pub fn spawn_key_reader(requests: Sender<Request>) {
     }
 }
 
-/// The key map: space = play/stop, r = pause/resume, n = next, p = previous,
-/// q / Ctrl-C = quit.
+/// The key map: space = play/stop, r = pause/resume, ] / [ = seek forward / back (next or
+/// previous section, or 10 s), n = next, p = previous, q / Ctrl-C = quit.
 pub fn key_to_request(key: KeyEvent) -> Option<Request> {
     if key.kind == KeyEventKind::Release {
         return None;
@@ -76,6 +76,8 @@ pub fn key_to_request(key: KeyEvent) -> Option<Request> {
         KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => Some(Request::Quit),
         KeyCode::Char(' ') => Some(Request::TogglePlay),
         KeyCode::Char('r') => Some(Request::TogglePause),
+        KeyCode::Char(']') => Some(Request::Seek { forward: true }),
+        KeyCode::Char('[') => Some(Request::Seek { forward: false }),
         KeyCode::Char('n') | KeyCode::Right => Some(Request::Next),
         KeyCode::Char('p') | KeyCode::Left => Some(Request::Previous),
         KeyCode::Char('q') | KeyCode::Esc => Some(Request::Quit),

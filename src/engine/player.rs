@@ -17,6 +17,8 @@ use crate::timing::TempoMap;
 
 /// How long a song may take to fill its rings before it starts anyway.
 const PREROLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How far a seek jumps in a song without sections.
+const SEEK_SECONDS: f64 = 10.0;
 /// How often the control loop wakes when nothing happens.
 const TICK: Duration = Duration::from_millis(10);
 
@@ -32,6 +34,12 @@ pub enum Request {
     /// Pause where the song is, or resume from there (the beat clock resumes with Song
     /// Position Pointer + Continue).
     TogglePause,
+    /// Jump within the song: to the next (`true`) or previous section start when the song
+    /// has sections and a tempo map, else 10 s forward or back.
+    Seek {
+        /// Forward (true) or back.
+        forward: bool,
+    },
     /// Next song, immediately.
     Next,
     /// Previous song.
@@ -291,6 +299,7 @@ impl Player {
                 self.playing = false;
             }
             Request::TogglePause => self.play(),
+            Request::Seek { forward } => self.seek(forward),
             Request::Next => self.next(),
             Request::Previous => self.previous(),
             Request::Quit => {}
@@ -384,6 +393,75 @@ impl Player {
                 }
             }
             None => info!("next: already on the last song"),
+        }
+    }
+
+    fn seek(&mut self, forward: bool) {
+        let Some(id) = self.current else {
+            return;
+        };
+        let Some(info) = self.prepared.get(&id) else {
+            return;
+        };
+        let index = info.index;
+        let length = info.length_frames;
+        let status = &self.control.status;
+        let position = if status.current_id.load(Ordering::Relaxed) == id {
+            status.position.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        let rate = f64::from(self.device_rate);
+        let now = position as f64 / rate;
+        let song = &self.setlist.songs[index];
+        let tempo = self.tempo_maps.get(&index).and_then(Option::as_ref);
+        let section_starts: Vec<f64> = match tempo {
+            Some(map) => song
+                .sections
+                .iter()
+                .map(|s| {
+                    let quarters = map.quarters_before_measure(s.start_measure);
+                    map.seconds_at_beat(quarters)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let target = if section_starts.is_empty() {
+            if forward {
+                now + SEEK_SECONDS
+            } else {
+                (now - SEEK_SECONDS).max(0.0)
+            }
+        } else if forward {
+            match section_starts.iter().copied().find(|&t| t > now + 0.5) {
+                Some(t) => t,
+                None => return,
+            }
+        } else {
+            // Back to the start of the section playing (or the one before, right after a jump).
+            section_starts
+                .iter()
+                .copied()
+                .filter(|&t| t < now - 2.0)
+                .fold(0.0, f64::max)
+        };
+        let target_frame = (target * rate).round() as u64;
+        if length.is_some_and(|l| target_frame >= l) {
+            info!("seek: past the end of the song");
+            return;
+        }
+        match self.prepare_at(index, target_frame) {
+            Ok(song) => {
+                let new_id = song.id;
+                self.wait_preroll(&song);
+                self.send(Command::Load(song));
+                self.current = Some(new_id);
+                info!(
+                    "seek: {} to {:.1} s",
+                    self.setlist.songs[index].name, target
+                );
+            }
+            Err(e) => error!("seek failed: {e}"),
         }
     }
 
@@ -596,11 +674,23 @@ impl Player {
     }
 
     fn prepare(&mut self, index: usize) -> Result<Box<PreparedSong>, Diagnostic> {
+        self.prepare_at(index, 0)
+    }
+
+    /// Prepares song `index` to start at device frame `start_frame` of the song.
+    fn prepare_at(
+        &mut self,
+        index: usize,
+        start_frame: u64,
+    ) -> Result<Box<PreparedSong>, Diagnostic> {
         let song = &self.setlist.songs[index];
         let config = &self.config;
-        let streams = media::open_song(song, self.device_rate, |name| {
-            !config.outputs_for(name).is_empty()
-        })?;
+        let streams = media::open_song(
+            song,
+            self.device_rate,
+            |name| !config.outputs_for(name).is_empty(),
+            start_frame,
+        )?;
         let mut stems = Vec::with_capacity(streams.stems.len());
         for stream in streams.stems {
             let outputs: Vec<usize> = config
@@ -656,7 +746,7 @@ impl Player {
         Ok(Box::new(PreparedSong {
             id,
             mixer: SongMixer::new(stems),
-            position: 0,
+            position: start_frame,
             song_tag: u32::try_from(index + 1).unwrap_or(u32::MAX),
         }))
     }

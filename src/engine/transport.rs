@@ -221,7 +221,7 @@ impl Transport {
             // Frame `position` of the song is the one just before device frame `device_frame`.
             anchor.publish(Anchor {
                 song_id: id,
-                start_frame: self.device_frame.saturating_sub(position),
+                start_frame: self.device_frame as i64 - position as i64,
                 playing: self.playing,
             });
         }

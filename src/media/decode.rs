@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymphoniaError;
-use symphonia::core::formats::{FormatOptions, FormatReader};
+use symphonia::core::formats::{FormatOptions, FormatReader, SeekMode, SeekTo};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
+use symphonia::core::units::Time;
 
 use crate::library::Diagnostic;
 
@@ -42,6 +43,8 @@ pub struct FileDecoder {
     bad_packets: usize,
     /// The first packet was decoded early (to learn the channel count) and not yet returned.
     first_packet_pending: bool,
+    /// Frames still to drop after a seek, to land on the exact frame asked for.
+    skip_frames: u64,
 }
 
 fn describe(error: &SymphoniaError) -> String {
@@ -125,6 +128,7 @@ impl FileDecoder {
             },
             bad_packets: 0,
             first_packet_pending: false,
+            skip_frames: 0,
         };
         if channels == 0 {
             // Some containers (AAC in MP4) only tell the channel count once decoding starts.
@@ -177,6 +181,36 @@ impl FileDecoder {
         }
     }
 
+    /// Positions the decoder so that the next samples are those of `frame` (at the file's
+    /// own rate): a container seek to at or before it, then the frames in between are
+    /// dropped, so the position is exact. Containers that cannot seek are decoded from the
+    /// start and the frames dropped.
+    pub fn seek_to_frame(&mut self, frame: u64) -> Result<(), Diagnostic> {
+        self.first_packet_pending = false;
+        if frame == 0 {
+            return Ok(());
+        }
+        let seconds = frame as f64 / f64::from(self.info.sample_rate.max(1));
+        let target = SeekTo::Time {
+            time: Time::from(seconds),
+            track_id: Some(self.track_id),
+        };
+        match self.format.seek(SeekMode::Accurate, target) {
+            Ok(seeked) => {
+                self.decoder.reset();
+                self.skip_frames = seeked.required_ts.saturating_sub(seeked.actual_ts);
+            }
+            Err(_) => {
+                // Not seekable (or the seek failed): start over and drop up to `frame`.
+                let reopened = FileDecoder::open(&self.path)?;
+                *self = reopened;
+                self.first_packet_pending = false;
+                self.skip_frames = frame;
+            }
+        }
+        Ok(())
+    }
+
     /// What the header says.
     pub fn info(&self) -> &MediaInfo {
         &self.info
@@ -189,7 +223,7 @@ impl FileDecoder {
             self.first_packet_pending = false;
             return Ok(self.buffer.as_ref().map(|b| b.samples()));
         }
-        loop {
+        let start = loop {
             let packet = match self.format.next_packet() {
                 Ok(packet) => packet,
                 Err(SymphoniaError::IoError(e))
@@ -228,7 +262,15 @@ impl FileDecoder {
                         return Ok(None);
                     };
                     buffer.copy_interleaved_ref(decoded);
-                    return Ok(Some(buffer.samples()));
+                    let channels = self.info.channels.max(1);
+                    let frames = (buffer.samples().len() / channels) as u64;
+                    if self.skip_frames >= frames {
+                        self.skip_frames -= frames;
+                        continue;
+                    }
+                    let start = self.skip_frames as usize * channels;
+                    self.skip_frames = 0;
+                    break start;
                 }
                 Err(SymphoniaError::DecodeError(_)) | Err(SymphoniaError::IoError(_)) => {
                     self.bad_packets += 1;
@@ -241,7 +283,8 @@ impl FileDecoder {
                 }
                 Err(e) => return Err(Diagnostic::file(&self.path, describe(&e))),
             }
-        }
+        };
+        Ok(self.buffer.as_ref().map(|b| &b.samples()[start..]))
     }
 }
 

@@ -76,11 +76,12 @@ impl SongStreams {
 }
 
 /// Which output each track goes to is decided by the engine; media only needs to know which
-/// tracks to open at all.
+/// tracks to open at all. `start_frame` (device frames) starts the song part-way through.
 pub fn open_song(
     song: &Song,
     device_rate: u32,
     is_routed: impl Fn(&str) -> bool,
+    start_frame: u64,
 ) -> Result<SongStreams, Diagnostic> {
     let song_text = std::fs::read_to_string(&song.source).unwrap_or_default();
     // Group tracks by file so a stereo file split with file_channel is decoded once.
@@ -100,8 +101,15 @@ pub fn open_song(
     let mut stems: Vec<(usize, StemStream)> = Vec::new();
     let mut length_frames = Some(0u64);
     for (file, track_indices) in by_file {
-        let decoder = FileDecoder::open(&file)?;
+        let mut decoder = FileDecoder::open(&file)?;
         let info = decoder.info().clone();
+        if start_frame > 0 {
+            // Start mid-song (a seek): the same instant in every file, at its own rate.
+            let file_frame = (start_frame as f64 * f64::from(info.sample_rate)
+                / f64::from(device_rate))
+            .round() as u64;
+            decoder.seek_to_frame(file_frame)?;
+        }
         let frames_at_device = info.frames.map(|f| {
             (f as f64 * f64::from(device_rate) / f64::from(info.sample_rate)).round() as u64
         });

@@ -82,7 +82,7 @@ pub struct ClockThread {
 /// Per-song play state inside the hot loop (plain values, no allocation).
 struct Playing {
     slot: usize,
-    start_frame: u64,
+    start_frame: i64,
     next_tick: u64,
     next_event: usize,
     started: bool,
@@ -315,9 +315,9 @@ impl Clock {
         let now_frame = self
             .audio
             .frame_at_time(monotonic_ns())
-            .unwrap_or(anchor.start_frame);
-        let seconds = now_frame.saturating_sub(anchor.start_frame) as f64
-            / f64::from(self.settings.sample_rate);
+            .map_or(anchor.start_frame, |f| f as i64);
+        let seconds =
+            (now_frame - anchor.start_frame).max(0) as f64 / f64::from(self.settings.sample_rate);
         // A few milliseconds late is the normal case (the song started in the last audio
         // period): play everything from the top, slightly late, rather than skip.
         let joined_late = seconds > LATE_JOIN_SECONDS;
@@ -379,7 +379,7 @@ impl Clock {
 
     /// Time of a song-relative second on this machine's clock, or None before the audio
     /// clock has its first callback.
-    fn deadline_of(&self, start_frame: u64, seconds: f64) -> Option<u64> {
+    fn deadline_of(&self, start_frame: i64, seconds: f64) -> Option<u64> {
         let frame = start_frame as f64 + seconds * f64::from(self.settings.sample_rate);
         if frame < 0.0 {
             return None;

@@ -11,8 +11,9 @@ use std::sync::Arc;
 pub struct Anchor {
     /// Preparation id of the current song (0 = none).
     pub song_id: u64,
-    /// Device frame at which the song's frame 0 was (or will be) rendered.
-    pub start_frame: u64,
+    /// Device frame at which the song's frame 0 was (or would have been) rendered; negative
+    /// when a seek starts the song further in than the device has run.
+    pub start_frame: i64,
     /// Whether the transport is playing.
     pub playing: bool,
 }
@@ -79,7 +80,8 @@ impl AnchorWriter {
         s.sequence.store(seq.wrapping_add(1), Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
         s.song_id.store(anchor.song_id, Ordering::Relaxed);
-        s.start_frame.store(anchor.start_frame, Ordering::Relaxed);
+        s.start_frame
+            .store(anchor.start_frame as u64, Ordering::Relaxed);
         s.playing
             .store(u64::from(anchor.playing), Ordering::Relaxed);
         s.sequence.store(seq.wrapping_add(2), Ordering::Release);
@@ -99,7 +101,7 @@ impl AnchorReader {
             }
             let anchor = Anchor {
                 song_id: s.song_id.load(Ordering::Relaxed),
-                start_frame: s.start_frame.load(Ordering::Relaxed),
+                start_frame: s.start_frame.load(Ordering::Relaxed) as i64,
                 playing: s.playing.load(Ordering::Relaxed) != 0,
             };
             std::sync::atomic::fence(Ordering::Acquire);
@@ -127,7 +129,7 @@ mod tests {
                 while !stop.load(Ordering::Relaxed) {
                     let a = reader.read();
                     // The writer always sets start_frame = 1000 × id and playing = odd id.
-                    assert_eq!(a.start_frame, a.song_id * 1000);
+                    assert_eq!(a.start_frame, a.song_id as i64 * 1000);
                     assert_eq!(a.playing, a.song_id % 2 == 1);
                     reads += 1;
                 }
@@ -137,7 +139,7 @@ mod tests {
         for id in 1..200_000u64 {
             writer.publish(Anchor {
                 song_id: id,
-                start_frame: id * 1000,
+                start_frame: id as i64 * 1000,
                 playing: id % 2 == 1,
             });
         }

@@ -264,6 +264,18 @@ impl TempoMap {
         &self.segments[index.min(self.segments.len() - 1)]
     }
 
+    /// Quarter notes from measure 1 beat 1 to the start of `measure` (1-based).
+    pub fn quarters_before_measure(&self, measure: u32) -> f64 {
+        let measure = f64::from(measure.max(1));
+        let index = self
+            .segments
+            .partition_point(|s| s.start_measure <= measure)
+            .saturating_sub(1);
+        let segment = &self.segments[index.min(self.segments.len() - 1)];
+        segment.start_beat
+            + (measure - segment.start_measure) * segment.meter.quarters_per_measure()
+    }
+
     /// Seconds from song start at which quarter-note position `beat` falls.
     pub fn seconds_at_beat(&self, beat: f64) -> f64 {
         self.segment_for_beat(beat).seconds_at_beat(beat)
