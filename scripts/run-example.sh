@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: builds backline and plays the example show. On a machine with a sound card
 # it plays on the default device; without one it renders the show in real time to
-# example-out/show.wav. Either way it ends with the timing report.
+# example-out/show.wav. Either way it ends with the jitter report (per song and overall),
+# also written as example-out/report.json and drawn in example-out/jitter.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -15,9 +16,11 @@ mkdir -p example-out
 [ -p example-out/midi.fifo ] || mkfifo example-out/midi.fifo
 (cat example-out/midi.fifo > example-out/midi.raw) &
 
+# `rehearse` plays like `play` and ends with the jitter report per song, plus JSON and SVG.
+report=(--report example-out/report.json --plot example-out/jitter.svg)
 if [ -e /dev/snd ] && ls /dev/snd/pcmC* >/dev/null 2>&1; then
-  exec ./target/release/backline play songs-example "$@"
+  exec ./target/release/backline rehearse songs-example "${report[@]}" "$@"
 else
   echo "no sound card: rendering the show in real time to example-out/show.wav" >&2
-  exec ./target/release/backline play songs-example --output wav:example-out/show.wav "$@" </dev/null
+  exec ./target/release/backline rehearse songs-example --output wav:example-out/show.wav "${report[@]}" "$@" </dev/null
 fi
