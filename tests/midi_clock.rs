@@ -74,6 +74,52 @@ fn config(show: &TestShow) {
     );
 }
 
+/// A 120 BPM song of `seconds` played in a terminal (pty), its MIDI going to a FIFO read by
+/// the test; `extra_midi` adds lines under `midi:` in backline.yaml.
+fn play_in_terminal(
+    tag: &str,
+    seconds: f32,
+    extra_midi: &str,
+) -> (TestShow, JoinHandle<Vec<(u64, u8)>>, common::PtyChild) {
+    let show = TestShow::new(tag);
+    show.tone_song("a", "Long", 440.0, seconds);
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
+    );
+    show.write(
+        "backline.yaml",
+        &format!(
+            "songs: songs\naudio:\n  track_mappings:\n    tone: [1]\nmidi:\n{extra_midi}  outputs:\n    - name: wire\n      path: {}\n",
+            show.path("midi.fifo").display()
+        ),
+    );
+    let reader = fifo_reader(&show.path("midi.fifo"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
+    command
+        .arg("play")
+        .arg(&show.root)
+        .arg("--output")
+        .arg(format!("wav:{}", show.path("out.wav").display()));
+    let ui = common::PtyChild::spawn(command);
+    assert!(
+        ui.wait_for_output("1/1 Long", std::time::Duration::from_secs(10)),
+        "{}",
+        ui.stderr_so_far()
+    );
+    (show, reader, ui)
+}
+
+/// Quits with q and returns every byte that arrived.
+fn quit(mut ui: common::PtyChild, reader: JoinHandle<Vec<(u64, u8)>>) -> Vec<(u64, u8)> {
+    ui.send(b"q");
+    let status = ui
+        .wait_timeout(std::time::Duration::from_secs(10))
+        .expect("q quits");
+    assert!(status.success(), "{}", ui.stderr_so_far());
+    reader.join().expect("reader")
+}
+
 #[test]
 fn thirty_seconds_at_120_bpm_is_start_1440_ticks_stop() {
     let show = TestShow::new("clock");
@@ -274,43 +320,13 @@ fn clock_only_rehearsal_measures_the_clock_alone() {
 
 #[test]
 fn persist_tempo_keeps_the_clock_running_while_stopped() {
-    let show = TestShow::new("persist");
-    show.tone_song("a", "Long", 440.0, 20.0);
-    show.write(
-        "songs/a/song.yaml",
-        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
-    );
-    show.write(
-        "backline.yaml",
-        &format!(
-            "songs: songs\naudio:\n  track_mappings:\n    tone: [1]\nmidi:\n  persist_tempo: true\n  outputs:\n    - name: wire\n      path: {}\n",
-            show.path("midi.fifo").display()
-        ),
-    );
-    let reader = fifo_reader(&show.path("midi.fifo"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
-    command
-        .arg("play")
-        .arg(&show.root)
-        .arg("--output")
-        .arg(format!("wav:{}", show.path("out.wav").display()));
-    let mut ui = common::PtyChild::spawn(command);
-    assert!(
-        ui.wait_for_output("1/1 Long", std::time::Duration::from_secs(10)),
-        "{}",
-        ui.stderr_so_far()
-    );
+    let (_show, reader, ui) = play_in_terminal("persist", 20.0, "  persist_tempo: true\n");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     ui.send(b" "); // stop: Stop, but the clock runs on at 120 BPM
     std::thread::sleep(std::time::Duration::from_millis(1500));
     ui.send(b" "); // play from the top: Start
     std::thread::sleep(std::time::Duration::from_millis(500));
-    ui.send(b"q");
-    let status = ui
-        .wait_timeout(std::time::Duration::from_secs(10))
-        .expect("q quits");
-    assert!(status.success(), "{}", ui.stderr_so_far());
-    let bytes = reader.join().expect("reader");
+    let bytes = quit(ui, reader);
     let stop = bytes
         .iter()
         .position(|&(_, b)| b == 0xFC)
@@ -352,42 +368,13 @@ fn persist_tempo_keeps_the_clock_running_while_stopped() {
 
 #[test]
 fn resume_from_a_position_sends_song_position_and_continue() {
-    let show = TestShow::new("resume");
-    show.tone_song("a", "Long", 440.0, 20.0);
-    show.write(
-        "songs/a/song.yaml",
-        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
-    );
-    config(&show);
-    let reader = fifo_reader(&show.path("midi.fifo"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
-    command
-        .arg("play")
-        .arg(&show.root)
-        .arg("--output")
-        .arg(format!("wav:{}", show.path("out.wav").display()));
-    let mut ui = common::PtyChild::spawn(command);
-    assert!(
-        ui.wait_for_output("1/1 Long", std::time::Duration::from_secs(10)),
-        "{}",
-        ui.stderr_so_far()
-    );
+    let (_show, reader, ui) = play_in_terminal("resume", 20.0, "");
     std::thread::sleep(std::time::Duration::from_millis(2000));
     ui.send(b"r"); // pause where the song is
     std::thread::sleep(std::time::Duration::from_millis(700));
     ui.send(b"r"); // resume from there
     std::thread::sleep(std::time::Duration::from_millis(700));
-    ui.send(b"q");
-    let status = ui
-        .wait_timeout(std::time::Duration::from_secs(10))
-        .expect("q quits");
-    assert!(status.success(), "{}", ui.stderr_so_far());
-    let bytes: Vec<u8> = reader
-        .join()
-        .expect("reader")
-        .iter()
-        .map(|&(_, b)| b)
-        .collect();
+    let bytes: Vec<u8> = quit(ui, reader).iter().map(|&(_, b)| b).collect();
     let stop = bytes
         .iter()
         .position(|&b| b == 0xFC)
@@ -422,26 +409,7 @@ fn resume_from_a_position_sends_song_position_and_continue() {
 
 #[test]
 fn a_seek_sends_the_song_position_of_its_target() {
-    let show = TestShow::new("seek");
-    show.tone_song("a", "Long", 440.0, 30.0);
-    show.write(
-        "songs/a/song.yaml",
-        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
-    );
-    config(&show);
-    let reader = fifo_reader(&show.path("midi.fifo"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
-    command
-        .arg("play")
-        .arg(&show.root)
-        .arg("--output")
-        .arg(format!("wav:{}", show.path("out.wav").display()));
-    let mut ui = common::PtyChild::spawn(command);
-    assert!(
-        ui.wait_for_output("1/1 Long", std::time::Duration::from_secs(10)),
-        "{}",
-        ui.stderr_so_far()
-    );
+    let (_show, reader, ui) = play_in_terminal("seek", 30.0, "");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     ui.send(b"]"); // 10 s forward
     assert!(
@@ -450,17 +418,7 @@ fn a_seek_sends_the_song_position_of_its_target() {
         ui.output_so_far()
     );
     std::thread::sleep(std::time::Duration::from_millis(800));
-    ui.send(b"q");
-    let status = ui
-        .wait_timeout(std::time::Duration::from_secs(10))
-        .expect("q quits");
-    assert!(status.success(), "{}", ui.stderr_so_far());
-    let bytes: Vec<u8> = reader
-        .join()
-        .expect("reader")
-        .iter()
-        .map(|&(_, b)| b)
-        .collect();
+    let bytes: Vec<u8> = quit(ui, reader).iter().map(|&(_, b)| b).collect();
     let ticks_before = bytes
         .iter()
         .take_while(|&&b| b != 0xFC)
