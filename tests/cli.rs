@@ -155,3 +155,28 @@ fn missing_midi_port_and_footswitch_are_warnings_and_the_show_plays() {
     assert!(all.contains("WARN footswitch not available"), "{all}");
     assert!(all.contains("set finished: 1 songs played"), "{all}");
 }
+
+#[test]
+fn check_flags_a_broken_midi_file_as_play_would() {
+    let show = TestShow::new("checkmidi");
+    show.tone_song("a", "Drums", 440.0, 0.5);
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Drums\nmidi_playback:\n  file: song.mid\ntracks:\n  - name: tone\n    file: tone.wav\n",
+    );
+    // A header that promises a track the file does not have.
+    std::fs::write(
+        show.path("songs/a/song.mid"),
+        b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0",
+    )
+    .expect("write");
+    let output = backline(&["check", show.root.to_str().expect("utf-8")]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert!(all.contains("a/song.yaml:4:9: MIDI file:"), "{all}");
+    assert!(
+        all.contains("declares 2 tracks"),
+        "says what is wrong: {all}"
+    );
+    assert!(all.contains("WILL BE SKIPPED"), "{all}");
+}

@@ -213,9 +213,11 @@ fn check_song(
             }
         }
     }
-    let clock = match (&song.tempo, &song.midi_playback) {
-        (Some(_), _) => "beat clock from the tempo block".to_string(),
-        (None, Some(midi)) => match std::fs::read(&midi.file) {
+    // The MIDI file is loaded exactly as `play` loads it: if it fails here, play skips the song.
+    let midi_ok = match &song.midi_playback {
+        None => true,
+        Some(midi) => match crate::midi::load_schedule(&midi.file, &midi.exclude_midi_channels) {
+            Ok(_) => true,
             Err(e) => {
                 failed = true;
                 report.errors.push(Diagnostic::at(
@@ -226,40 +228,24 @@ fn check_song(
                         midi.file.file_name().and_then(|n| n.to_str()),
                         0,
                     ),
-                    format!("MIDI file {}: cannot read: {e}", file_name(&midi.file)),
+                    format!("MIDI file: {e}"),
                 ));
-                "no beat clock".into()
+                false
             }
-            Ok(bytes) => match TempoMap::from_midi_file(&bytes) {
-                Some(_) => "beat clock from the MIDI file's tempo".into(),
-                None => match midly::Smf::parse(&bytes) {
-                    Err(e) => {
-                        failed = true;
-                        report.errors.push(Diagnostic::file(
-                            &midi.file,
-                            format!("not a valid Standard MIDI File: {e}"),
-                        ));
-                        "no beat clock".into()
-                    }
-                    Ok(_) => "no beat clock (the MIDI file uses SMPTE timing)".into(),
-                },
-            },
+        },
+    };
+    let clock = match (&song.tempo, &song.midi_playback) {
+        (Some(_), _) => "beat clock from the tempo block".to_string(),
+        (None, Some(_)) if !midi_ok => "no beat clock".into(),
+        (None, Some(midi)) => match std::fs::read(&midi.file)
+            .ok()
+            .and_then(|b| TempoMap::from_midi_file(&b))
+        {
+            Some(_) => "beat clock from the MIDI file's tempo".into(),
+            None => "no beat clock (the MIDI file uses SMPTE timing)".into(),
         },
         (None, None) => "no beat clock (no tempo block and no MIDI file)".into(),
     };
-    if let Some(midi) = &song.midi_playback {
-        if song.tempo.is_some() {
-            if let Ok(bytes) = std::fs::read(&midi.file) {
-                if let Err(e) = midly::Smf::parse(&bytes) {
-                    failed = true;
-                    report.errors.push(Diagnostic::file(
-                        &midi.file,
-                        format!("not a valid Standard MIDI File: {e}"),
-                    ));
-                }
-            }
-        }
-    }
     report.notes.push(format!(
         "{}: {} track(s), {:.1} s, {clock}{}",
         song.name,
