@@ -32,8 +32,9 @@ fn now_ns() -> u64 {
 
 /// Reader mode (this executable re-run): timestamp every clock byte arriving on the FIFO.
 fn reader(fifo: &str, out: &str) {
-    // The reader runs SCHED_FIFO 85 when it may, so its own wake-ups do not blur the figures.
-    let param = libc::sched_param { sched_priority: 85 };
+    // The reader runs SCHED_FIFO 79 when it may: high enough that its own wake-ups do not blur
+    // the arrival times, below the clock (80) so it never preempts the clock inside write(2).
+    let param = libc::sched_param { sched_priority: 79 };
     // SAFETY: plain syscall on the calling thread.
     unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
     let Ok(mut file) = std::fs::File::open(fifo) else {
