@@ -629,27 +629,14 @@ impl Player {
     }
 
     fn wait_preroll(&self, song: &PreparedSong) {
-        let ready = song
-            .mixer
-            .stems
-            .iter()
-            .map(|s| &s.stream)
-            .all(|s| s.finished.load(Ordering::Acquire) || s.ring.slots() > 0);
-        if ready {
-            return;
-        }
         let deadline = Instant::now() + PREROLL_TIMEOUT;
-        while Instant::now() < deadline {
-            let filled = song.mixer.stems.iter().all(|s| {
-                s.stream.finished.load(Ordering::Acquire)
-                    || s.stream.ring.slots() >= s.stream.ring.buffer().capacity() / 2
-            });
-            if filled {
+        while !song.mixer.stems.iter().all(|s| s.stream.is_prerolled()) {
+            if Instant::now() >= deadline {
+                warn!("a song's files are loading slowly: playback may start with a gap");
                 return;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        warn!("a song's files are loading slowly: playback may start with a gap");
     }
 
     /// Prepares the first playable song from `start` walking by `step`, skipping (with one

@@ -8,10 +8,10 @@ mod resample;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::library::{locate, Diagnostic, Song};
 
@@ -36,6 +36,13 @@ pub struct StemStream {
 }
 
 impl StemStream {
+    /// True when the ring is at least half full, or the whole file is in it: the stem can
+    /// start without an underrun.
+    pub fn is_prerolled(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+            || self.ring.slots() >= self.ring.buffer().capacity() / 2
+    }
+
     /// True when every sample has been written and read.
     pub fn is_exhausted(&self) -> bool {
         // `finished` first: the loader pushes the tail, then sets it.
@@ -49,30 +56,6 @@ pub struct SongStreams {
     pub stems: Vec<StemStream>,
     /// Expected length in device frames, when every header gives a length.
     pub length_frames: Option<u64>,
-    /// Frames the loader failed to deliver in time are counted by the mixer; decode errors
-    /// after start are counted here.
-    pub loader_errors: Arc<AtomicU64>,
-}
-
-impl SongStreams {
-    /// Waits until every ring is full (or its file is fully read), up to `timeout`.
-    /// Returns false on timeout; playback can still start, it just risks an underrun.
-    pub fn wait_prerolled(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ready = self.stems.iter().all(|s| {
-                s.finished.load(Ordering::Acquire)
-                    || s.ring.slots() >= s.ring.buffer().capacity() / 2
-            });
-            if ready {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
-    }
 }
 
 /// Which output each track goes to is decided by the engine; media only needs to know which
@@ -196,18 +179,15 @@ pub fn open_song(
         });
     }
     stems.sort_by_key(|(index, _)| *index);
-    let loader_errors = Arc::new(AtomicU64::new(0));
-    let errors = loader_errors.clone();
     thread::Builder::new()
         .name("backline-loader".into())
-        .spawn(move || run_loader(jobs, &errors))
+        .spawn(move || run_loader(jobs))
         .map_err(|e| {
             Diagnostic::file(&song.source, format!("cannot start a loader thread: {e}"))
         })?;
     Ok(SongStreams {
         stems: stems.into_iter().map(|(_, s)| s).collect(),
         length_frames,
-        loader_errors,
     })
 }
 
@@ -310,7 +290,7 @@ impl FileJob {
     }
 }
 
-fn run_loader(mut jobs: Vec<FileJob>, errors: &AtomicU64) {
+fn run_loader(mut jobs: Vec<FileJob>) {
     let mut planar = Vec::new();
     let mut resampled = Vec::new();
     loop {
@@ -346,7 +326,6 @@ fn run_loader(mut jobs: Vec<FileJob>, errors: &AtomicU64) {
                     finish(job);
                 }
                 Err(e) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("{e} (the rest of this file is silent)");
                     finish(job);
                 }
