@@ -3,28 +3,45 @@
 # is already there: the Rust toolchain (rustup) and the system packages below.
 set -euo pipefail
 
-packages=(
+# Needed to build and to run the tests.
+required=(
   pkg-config build-essential curl ca-certificates
-  libasound2-dev        # cpal's ALSA backend (build)
+  libasound2-dev        # cpal's ALSA backend and midir (build)
   libjack-jackd2-dev    # cpal's JACK backend and the test recorder (build)
   jackd2                # a real JACK server (dummy driver) for the end-to-end tests
-  rt-tests              # cyclictest: the machine's scheduling floor in the benchmarks
-  time                  # /usr/bin/time -v for the memory benchmark
   util-linux            # setpriv for the privilege tests
+)
+# Only the benchmarks use these; a machine without them still builds and tests.
+optional=(
+  rt-tests              # cyclictest: the machine's scheduling floor
+  time                  # /usr/bin/time -v for the memory benchmark
   sox libsox-fmt-base   # generates the long test song of the memory benchmark
 )
 
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing ${missing[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  export DEBIAN_FRONTEND=noninteractive
+missing() {
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+need=$(missing "${required[@]}")
+want=$(missing "${optional[@]}")
+if [ -n "$need$want" ]; then
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ -n "$need" ]; then
+  echo "setup: installing" $need >&2
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+if [ -n "$want" ]; then
+  echo "setup: installing (benchmarks only)" $want >&2
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y -qq --no-install-recommends $want >/dev/null \
+    || echo "setup: could not install $want; the benchmarks that need them will say so" >&2
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
