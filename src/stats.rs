@@ -347,6 +347,28 @@ impl StatsCollector {
     }
 }
 
+/// The header of a timing table: label column, then count, min, p50, p99, p99.9, max.
+pub fn table_header(label: &str) -> String {
+    format!(
+        "{label:<34} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "count", "min", "p50", "p99", "p99.9", "max"
+    )
+}
+
+/// One row of a timing table, in µs.
+pub fn table_row(label: &str, s: &Summary) -> String {
+    let us = |ns: i64| ns as f64 / 1000.0;
+    format!(
+        "{label:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        s.count,
+        us(s.min),
+        us(s.p50),
+        us(s.p99),
+        us(s.p999),
+        us(s.max)
+    )
+}
+
 /// The end-of-run timing report as text: one row per metric, in microseconds.
 pub struct TimingReport<'a> {
     /// The figures.
@@ -359,28 +381,13 @@ pub struct TimingReport<'a> {
 
 impl fmt::Display for TimingReport<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let us = |ns: i64| ns as f64 / 1000.0;
-        writeln!(
-            f,
-            "{:<34} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "timing (µs)", "count", "min", "p50", "p99", "p99.9", "max"
-        )?;
+        writeln!(f, "{}", table_header("timing (µs)"))?;
         for metric in Metric::ALL {
             let Some(h) = self.figures.get(metric) else {
                 continue;
             };
             let s = h.summary();
-            writeln!(
-                f,
-                "{:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                metric.label(),
-                s.count,
-                us(s.min),
-                us(s.p50),
-                us(s.p99),
-                us(s.p999),
-                us(s.max)
-            )?;
+            writeln!(f, "{}", table_row(metric.label(), &s))?;
             if metric == Metric::AudioBusy && self.period_ns > 0 {
                 let pct = |ns: i64| ns as f64 * 100.0 / self.period_ns as f64;
                 writeln!(

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::rt::{self, Role};
-use crate::stats::{verdict, Figures, Metric, MetricHistogram};
+use crate::stats::{table_header, table_row, verdict, Figures, Metric, MetricHistogram};
 
 /// Version of the JSON layout; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -22,27 +22,10 @@ pub fn metric_key(metric: Metric) -> &'static str {
     }
 }
 
-fn row(label: &str, histogram: &MetricHistogram) -> String {
-    let s = histogram.summary();
-    let us = |ns: i64| ns as f64 / 1000.0;
-    format!(
-        "  {label:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-        s.count,
-        us(s.min),
-        us(s.p50),
-        us(s.p99),
-        us(s.p999),
-        us(s.max)
-    )
-}
-
 /// The per-song tables, as text.
 pub fn per_song_table(figures: &Figures, song_names: &[String], sample_rate: u32) -> String {
     let mut out = String::new();
-    let header = format!(
-        "  {:<34} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-        "(µs)", "count", "min", "p50", "p99", "p99.9", "max"
-    );
+    let header = format!("  {}\n", table_header("(µs)"));
     for tag in figures.songs() {
         let name = song_names
             .get(tag as usize - 1)
@@ -52,7 +35,7 @@ pub fn per_song_table(figures: &Figures, song_names: &[String], sample_rate: u32
         out.push_str(&header);
         for metric in Metric::ALL {
             if let Some(h) = figures.get_song(tag, metric) {
-                out.push_str(&row(metric.label(), h));
+                out.push_str(&format!("  {}", table_row(metric.label(), &h.summary())));
                 out.push('\n');
             }
         }
