@@ -34,6 +34,34 @@ pub fn init(level: &str, raw_terminal: bool) {
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+    install_panic_hook();
+}
+
+/// Routes panics through the log as one line (thread, message, place) instead of a
+/// multi-line dump on stderr. Panics that the media decoder catches and turns into an error
+/// naming the file are logged at debug level only: the user sees that error, not two.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        if crate::media::inside_guard() {
+            tracing::debug!("decoder panic caught in thread `{thread}`: {message} ({place})");
+        } else {
+            tracing::error!(
+                "internal error in thread `{thread}`: {message} ({place}); please report it"
+            );
+        }
+    }));
 }
 
 /// Writes log lines above the status line while the terminal is in raw mode.

@@ -108,6 +108,13 @@ pub struct Transport {
     device_frame: u64,
     /// Where the current song sits on the device frame counter, for the beat clock.
     anchor: Option<AnchorWriter>,
+    /// A queued song just became current: the control thread owes a `Queue` or `Unqueue`.
+    awaiting_queue: bool,
+    /// The current song ended while `awaiting_queue`: silence until the control thread says
+    /// what follows (a song shorter than the control thread's reaction must not end the set).
+    waiting_for_queue: bool,
+    /// An `Unqueue` arrived while waiting: the set ends at the start of this block.
+    end_set_now: bool,
 }
 
 /// The control thread's side of the transport.
@@ -142,6 +149,9 @@ pub fn transport() -> (Transport, TransportControl) {
             status: status.clone(),
             device_frame: 0,
             anchor: None,
+            awaiting_queue: false,
+            waiting_for_queue: false,
+            end_set_now: false,
         },
         TransportControl {
             commands: command_tx,
@@ -174,6 +184,11 @@ impl Transport {
         self.handle_commands();
         let mut offset = 0;
         let mut set_ended_at = None;
+        if self.end_set_now {
+            self.end_set_now = false;
+            set_ended_at = Some(0);
+            self.emit(Event::SetEnded);
+        }
         while self.playing && offset < frames {
             let Some(song) = self.current.as_mut() else {
                 self.playing = false;
@@ -200,6 +215,11 @@ impl Transport {
                     Some(next) => {
                         self.emit(Event::Started { id: next.id });
                         self.current = Some(next);
+                        self.awaiting_queue = true;
+                    }
+                    None if self.awaiting_queue => {
+                        self.playing = false;
+                        self.waiting_for_queue = true;
                     }
                     None => {
                         self.playing = false;
@@ -241,6 +261,7 @@ impl Transport {
             };
             match command {
                 Command::Load(song) => {
+                    self.waiting_for_queue = false;
                     let id = song.id;
                     let old = self.current.replace(song);
                     self.discard(old);
@@ -249,10 +270,27 @@ impl Transport {
                     }
                 }
                 Command::Queue(song) => {
-                    let old = self.queued.replace(song);
-                    self.discard(old);
+                    self.awaiting_queue = false;
+                    if self.waiting_for_queue {
+                        // The previous song already ended: this one starts now.
+                        self.waiting_for_queue = false;
+                        self.playing = true;
+                        let id = song.id;
+                        let old = self.current.replace(song);
+                        self.discard(old);
+                        self.emit(Event::Started { id });
+                        self.awaiting_queue = true;
+                    } else {
+                        let old = self.queued.replace(song);
+                        self.discard(old);
+                    }
                 }
                 Command::Unqueue => {
+                    self.awaiting_queue = false;
+                    if self.waiting_for_queue {
+                        self.waiting_for_queue = false;
+                        self.end_set_now = true;
+                    }
                     let old = self.queued.take();
                     self.discard(old);
                 }
@@ -266,6 +304,7 @@ impl Transport {
                     }
                 }
                 Command::Stop => {
+                    self.waiting_for_queue = false;
                     self.playing = false;
                     let old = self.current.take();
                     let id = old.as_ref().map(|s| s.id);
@@ -281,6 +320,8 @@ impl Transport {
                 }
                 Command::Advance => {
                     if let Some(next) = self.queued.take() {
+                        self.waiting_for_queue = false;
+                        self.awaiting_queue = true;
                         let id = next.id;
                         let old = self.current.replace(next);
                         self.discard(old);

@@ -256,7 +256,7 @@ impl Config {
     /// folder.
     pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
         let raw: RawConfig =
-            serde_yaml::from_str(text).map_err(|e| vec![Diagnostic::from_yaml(path, &e)])?;
+            serde_yaml::from_str(text).map_err(|e| vec![Diagnostic::from_yaml(path, text, &e)])?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let at = |key: &str, value: Option<&str>, message: String| {
             Diagnostic::at(path, locate(text, key, value, 0), message)

@@ -38,17 +38,39 @@ impl Diagnostic {
         }
     }
 
-    /// Turns a serde_yaml error into a diagnostic, keeping its line and column.
-    pub fn from_yaml(file: impl AsRef<Path>, error: &serde_yaml::Error) -> Self {
-        let place = error.location().map(|l| Place {
-            line: l.line(),
-            column: l.column(),
+    /// Turns a serde_yaml error on `text` into a diagnostic, keeping its line and column.
+    /// serde reports a duplicate key without a place; it is found in `text` (the second
+    /// occurrence of the key).
+    pub fn from_yaml(file: impl AsRef<Path>, text: &str, error: &serde_yaml::Error) -> Self {
+        let message = error.to_string();
+        let duplicate = message
+            .strip_prefix("duplicate field `")
+            .and_then(|rest| rest.split('`').next())
+            .and_then(|key| {
+                locate(text, key, None, 1).map(|p| Place {
+                    line: p.line,
+                    column: p.column.saturating_sub(key.len() + 2).max(1),
+                })
+            });
+        let place = duplicate.or_else(|| {
+            error.location().map(|l| Place {
+                line: l.line(),
+                column: l.column(),
+            })
         });
         // serde_yaml appends " at line X column Y" to its message; we print the place in
         // front instead, so strip it to keep one line per problem.
-        let mut message = error.to_string();
+        let mut message = message;
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);
+        }
+        // serde_yaml's guards against hostile YAML, said in words a user can act on.
+        if message.starts_with("repetition limit exceeded") {
+            message = "aliases expand to too much data (an alias bomb?): expected plain YAML with few `*alias` references".into();
+        } else if message.starts_with("recursion limit exceeded") {
+            message = "nested too deeply (more than 128 levels): expected the structure of a song, playlist or config file".into();
+        } else if message.starts_with("duplicate field") {
+            message.push_str(": expected each key once");
         }
         Diagnostic::at(file, place, message)
     }

@@ -263,7 +263,7 @@ fn is_yaml(path: &Path) -> bool {
 /// Parses a playlist file's text.
 pub fn parse_playlist(path: &Path, text: &str) -> Result<Playlist, Diagnostic> {
     let raw: RawPlaylist =
-        serde_yaml::from_str(text).map_err(|e| Diagnostic::from_yaml(path, &e))?;
+        serde_yaml::from_str(text).map_err(|e| Diagnostic::from_yaml(path, text, &e))?;
     if let Some(kind) = raw.kind {
         if kind != "playlist" {
             return Err(Diagnostic::at(

@@ -397,7 +397,7 @@ pub fn parse_song(path: &Path, text: &str, roots: &RootPolicy) -> SongParse {
     let raw: RawSong = match serde_yaml::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
-            out.errors.push(Diagnostic::from_yaml(path, &e));
+            out.errors.push(Diagnostic::from_yaml(path, text, &e));
             return out;
         }
     };

@@ -14,10 +14,58 @@ use symphonia::core::units::Time;
 
 use crate::library::Diagnostic;
 
-/// Most channels a file may have (more is refused as implausible, bounding memory).
-pub const MAX_FILE_CHANNELS: usize = 64;
+/// Most channels a file may have: symphonia 0.5 describes a layout as a set of its 26 named
+/// channel positions, so its readers refuse more (and so does backline, with this number in
+/// the message). Split wider multitrack recordings into several files.
+pub const MAX_FILE_CHANNELS: usize = 26;
 /// Corrupt packets tolerated in a row before a file is declared undecodable.
 const MAX_CONSECUTIVE_BAD_PACKETS: usize = 64;
+/// Longest audio file accepted, in seconds. A header claiming more is damaged or hostile
+/// (a 2^31-frame WAV, a sparse 10 GB file); refusing it bounds `check`'s decoding time.
+pub const MAX_FILE_SECONDS: u64 = 4 * 3600;
+
+/// Runs decoder code that may panic on hostile input (symphonia asserts on some impossible
+/// headers, e.g. a 0 Hz WAV): a panic becomes an error naming the file, never a dead show.
+fn guarded<T>(path: &Path, work: impl FnOnce() -> Result<T, Diagnostic>) -> Result<T, Diagnostic> {
+    catch_decoder_panic(work).unwrap_or_else(|payload| Err(gave_up(path, payload)))
+}
+
+thread_local! {
+    /// Set while this thread runs decoder code under `catch_unwind`.
+    static GUARDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while the current thread runs decoder code whose panics become errors (for the
+/// panic hook, which then keeps quiet).
+pub fn inside_guard() -> bool {
+    GUARDING.with(|g| g.get())
+}
+
+fn catch_decoder_panic<T>(work: impl FnOnce() -> T) -> std::thread::Result<T> {
+    let outer = GUARDING.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    GUARDING.with(|g| g.set(outer));
+    result
+}
+
+/// The error for a decoder panic, with the panic's message.
+fn gave_up(path: &Path, payload: Box<dyn std::any::Any + Send>) -> Diagnostic {
+    let why = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown reason".into());
+    Diagnostic::file(
+        path,
+        format!("cannot decode: the decoder gave up on this file ({why}): the file is damaged"),
+    )
+}
+
+/// `frames` at `rate` as "2 h 05 min".
+fn hours_minutes(frames: u64, rate: u32) -> String {
+    let minutes = frames / u64::from(rate.max(1)) / 60;
+    format!("{} h {:02} min", minutes / 60, minutes % 60)
+}
 
 /// What a file's header says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +93,8 @@ pub struct FileDecoder {
     first_packet_pending: bool,
     /// Frames still to drop after a seek, to land on the exact frame asked for.
     skip_frames: u64,
+    /// The decoder panicked once; its state cannot be trusted any more.
+    poisoned: bool,
 }
 
 fn describe(error: &SymphoniaError) -> String {
@@ -54,7 +104,13 @@ fn describe(error: &SymphoniaError) -> String {
                 "unsupported format ({what}): expected WAV, FLAC, MP3, OGG/Vorbis, AAC/M4A or AIFF"
             )
         }
+        SymphoniaError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the file ends early (truncated): expected a complete audio file".into()
+        }
         SymphoniaError::IoError(e) => format!("cannot read: {e}"),
+        SymphoniaError::DecodeError(why) if why.contains("channel count") => {
+            format!("unsupported channel count ({why}): expected 1 to {MAX_FILE_CHANNELS} channels")
+        }
         other => format!("cannot decode: {other}"),
     }
 }
@@ -62,6 +118,10 @@ fn describe(error: &SymphoniaError) -> String {
 impl FileDecoder {
     /// Opens `path` and checks that the header describes playable audio.
     pub fn open(path: &Path) -> Result<FileDecoder, Diagnostic> {
+        guarded(path, || FileDecoder::open_unguarded(path))
+    }
+
+    fn open_unguarded(path: &Path) -> Result<FileDecoder, Diagnostic> {
         let file =
             File::open(path).map_err(|e| Diagnostic::file(path, format!("cannot open: {e}")))?;
         if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
@@ -107,6 +167,18 @@ impl FileDecoder {
                 format!("the header says {channels} channels: expected 1 to {MAX_FILE_CHANNELS}"),
             ));
         }
+        if let Some(frames) = params.n_frames {
+            if frames > MAX_FILE_SECONDS * u64::from(sample_rate) {
+                return Err(Diagnostic::file(
+                    path,
+                    format!(
+                        "the header claims {frames} frames ({} at {sample_rate} Hz): expected at most {} hours; the file is damaged",
+                        hours_minutes(frames, sample_rate),
+                        MAX_FILE_SECONDS / 3600
+                    ),
+                ));
+            }
+        }
         let decoder = symphonia::default::get_codecs()
             .make(&params, &DecoderOptions::default())
             .map_err(|e| Diagnostic::file(path, describe(&e)))?;
@@ -129,6 +201,7 @@ impl FileDecoder {
             bad_packets: 0,
             first_packet_pending: false,
             skip_frames: 0,
+            poisoned: false,
         };
         if channels == 0 {
             // Some containers (AAC in MP4) only tell the channel count once decoding starts.
@@ -219,9 +292,28 @@ impl FileDecoder {
     /// The next packet as interleaved samples (`info().channels` per frame), or `None` at the
     /// end. Corrupt packets are skipped; a run of them is an error.
     pub fn next_packet(&mut self) -> Result<Option<&[f32]>, Diagnostic> {
+        if self.poisoned {
+            return Err(Diagnostic::file(
+                &self.path,
+                "cannot decode: the decoder gave up on this file earlier: the file is damaged",
+            ));
+        }
+        let outcome = catch_decoder_panic(|| self.next_samples_start());
+        let start = match outcome {
+            Ok(start) => start?,
+            Err(payload) => {
+                self.poisoned = true;
+                return Err(gave_up(&self.path, payload));
+            }
+        };
+        Ok(start.and_then(|start| self.buffer.as_ref().map(|b| &b.samples()[start..])))
+    }
+
+    /// Decodes the next packet into `self.buffer`; returns where its samples start.
+    fn next_samples_start(&mut self) -> Result<Option<usize>, Diagnostic> {
         if self.first_packet_pending {
             self.first_packet_pending = false;
-            return Ok(self.buffer.as_ref().map(|b| b.samples()));
+            return Ok(self.buffer.as_ref().map(|_| 0));
         }
         let start = loop {
             let packet = match self.format.next_packet() {
@@ -284,7 +376,7 @@ impl FileDecoder {
                 Err(e) => return Err(Diagnostic::file(&self.path, describe(&e))),
             }
         };
-        Ok(self.buffer.as_ref().map(|b| &b.samples()[start..]))
+        Ok(Some(start))
     }
 }
 
@@ -298,9 +390,19 @@ pub fn probe(path: &Path) -> Result<MediaInfo, Diagnostic> {
 pub fn decode_all(path: &Path) -> Result<(MediaInfo, u64), Diagnostic> {
     let mut decoder = FileDecoder::open(path)?;
     let channels = decoder.info().channels.max(1) as u64;
+    let limit = MAX_FILE_SECONDS * u64::from(decoder.info().sample_rate);
     let mut frames = 0u64;
     while let Some(samples) = decoder.next_packet()? {
         frames += samples.len() as u64 / channels;
+        if frames > limit {
+            return Err(Diagnostic::file(
+                path,
+                format!(
+                    "the audio lasts more than {} hours: the file is damaged or not a song",
+                    MAX_FILE_SECONDS / 3600
+                ),
+            ));
+        }
     }
     if frames == 0 {
         return Err(Diagnostic::file(

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use crate::library::{locate, Diagnostic, Song};
 
-pub use decode::{decode_all, probe, FileDecoder, MediaInfo, MAX_FILE_CHANNELS};
+pub use decode::{
+    decode_all, inside_guard, probe, FileDecoder, MediaInfo, MAX_FILE_CHANNELS, MAX_FILE_SECONDS,
+};
 pub use resample::StreamResampler;
 
 /// Seconds of audio buffered per stem ahead of the audio callback.

@@ -35,10 +35,11 @@ pub const MAX_EVENTS: usize = 2_000_000;
 pub const MAX_LENGTH_SECONDS: f64 = 24.0 * 3600.0;
 /// Tempo before the first Set Tempo event: 120 BPM, as the MIDI specification says.
 pub const DEFAULT_TEMPO_US_PER_QUARTER: u32 = 500_000;
-/// Set Tempo values below this (faster than 60 000 BPM) are raised to it. A tempo of 0 would
-/// put every later event at the same instant (and 60 000 000 / 0 BPM is infinite); no real
-/// song comes near this speed, so the clamp only keeps broken files finite.
-pub const MIN_TEMPO_US_PER_QUARTER: u32 = 1_000;
+/// Set Tempo values below this (faster than 1000 BPM, the fastest tempo a song's `tempo:`
+/// block may give) refuse the file. A tempo of 0 would put every later event at the same
+/// instant (and 60 000 000 / 0 BPM is infinite); 1 µs would ask the beat clock for 24 ticks
+/// per microsecond. No real song comes near this speed: such a value is damage.
+pub const MIN_TEMPO_US_PER_QUARTER: u32 = 60_000;
 
 /// One MIDI message to send at a time in the song: a channel voice message with its full
 /// status byte (no running status), `len` bytes long.
@@ -535,7 +536,20 @@ impl Collector {
                     }
                 }
                 TrackEventKind::Meta(MetaMessage::Tempo(tempo)) => {
-                    self.tempos.push((tick, tempo.as_int()));
+                    let us = tempo.as_int();
+                    if us < MIN_TEMPO_US_PER_QUARTER {
+                        let bpm = if us == 0 {
+                            "infinite".to_string()
+                        } else {
+                            format!("{:.0}", 60_000_000.0 / f64::from(us))
+                        };
+                        return Err(damaged(
+                            before,
+                            format!("tempo of {us} µs per quarter note ({bpm} BPM) at tick {tick}"),
+                            "at least 60000 µs per quarter note (1000 BPM at most)",
+                        ));
+                    }
+                    self.tempos.push((tick, us));
                 }
                 TrackEventKind::Meta(MetaMessage::Unknown(0x51, data)) => {
                     return Err(damaged(
@@ -967,18 +981,25 @@ mod tests {
     }
 
     #[test]
-    fn absurd_tempos_stay_finite() {
-        for us in [0u32, 1, 999] {
+    fn absurd_tempos_are_refused_with_their_place() {
+        for us in [0u32, 1, 59_999] {
             let body = track(&[
                 (0, &tempo(us)),
                 (480, &[0x90, 60, 1]),
                 (480, &[0x80, 60, 0]),
             ]);
-            let s = parse_schedule(&smf(0, 480, &[body]), &[]).expect("valid");
-            // Clamped to 1000 µs per quarter: 480 ticks = 1 ms.
-            assert_eq!(times(&s), vec![0.001, 0.002], "tempo {us}");
-            assert!(s.length_seconds.is_finite());
+            let message = parse_schedule(&smf(0, 480, &[body]), &[]).expect_err("refused");
+            assert!(
+                message.contains(&format!("tempo of {us} µs per quarter note"))
+                    && message.contains("at tick 0")
+                    && message.contains("1000 BPM at most"),
+                "{message}"
+            );
         }
+        // The fastest accepted tempo: 60 000 µs per quarter, 480 ticks = 60 ms.
+        let body = track(&[(0, &tempo(60_000)), (480, &[0x90, 60, 1])]);
+        let s = parse_schedule(&smf(0, 480, &[body]), &[]).expect("valid");
+        assert_eq!(times(&s), vec![0.06]);
         // The slowest tempo the format can hold is fine too.
         let body = track(&[(0, &tempo(0xFF_FFFF)), (480, &[0x90, 60, 1])]);
         let s = parse_schedule(&smf(0, 480, &[body]), &[]).expect("valid");
@@ -1224,11 +1245,15 @@ mod tests {
                 (0, &[0xC0, 3]),
                 (10, &[0x90, 60, 100]),
                 (10, &[62, 100]),
-                (120, &tempo(0)),
+                (120, &tempo(60_000)),
                 (10, &[0xE0, 0, 64]),
                 (10, &[0x80, 60, 0]),
             ]);
-            let second = track(&[(5, &[0x99, 36, 90]), (5, &[36, 0]), (960, &tempo(1))]);
+            let second = track(&[
+                (5, &[0x99, 36, 90]),
+                (5, &[36, 0]),
+                (960, &tempo(0xFF_FFFF)),
+            ]);
             smf(1, 96, &[first, second])
         };
         let mut accepted = 0;

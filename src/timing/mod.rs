@@ -184,7 +184,9 @@ impl TempoMap {
                 tick += u64::from(event.delta.as_int());
                 match event.kind {
                     midly::TrackEventKind::Meta(midly::MetaMessage::Tempo(us)) => {
-                        tempos.push((tick, us.as_int().max(1)));
+                        // The schedule loader refuses faster tempos; clamp here too so the clock
+                        // can never be asked for more than 1000 BPM.
+                        tempos.push((tick, us.as_int().max(60_000)));
                     }
                     midly::TrackEventKind::Meta(midly::MetaMessage::TimeSignature(n, d, _, _))
                         if n > 0 && d < 6 =>
