@@ -42,6 +42,10 @@ struct ShowArgs {
     /// SCHED_FIFO priority of the audio thread (the clock gets 10 more, at most 99).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=89))]
     rt_priority: Option<u8>,
+    /// After the last song, go on with the first, gaplessly, until stopped (installations,
+    /// soak tests).
+    #[arg(long)]
+    loop_set: bool,
 }
 
 impl ShowArgs {
@@ -51,6 +55,7 @@ impl ShowArgs {
             output: self.output,
             no_rt: self.no_rt,
             rt_priority: self.rt_priority,
+            loop_set: self.loop_set,
             speed: None,
             rehearsal,
             report: None,

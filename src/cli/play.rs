@@ -42,6 +42,8 @@ pub struct PlayOptions {
     pub no_rt: bool,
     /// `--rt-priority N`: audio priority N, clock N+10 (at most 99).
     pub rt_priority: Option<u8>,
+    /// `--loop-set`: the first song follows the last, until stopped.
+    pub loop_set: bool,
     /// `--speed X`: WAV renders only, X times faster than real time.
     pub speed: Option<f64>,
     /// `rehearse`: end with the figures of every song.
@@ -248,6 +250,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         usize::from(channels),
         description,
     );
+    player.set_loop_set(options.loop_set);
     let (stats, timing_tx) = StatsCollector::start();
     let (audio_clock_writer, audio_clock) = AudioClock::new(rate);
     let mut clock = None;

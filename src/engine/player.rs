@@ -139,6 +139,8 @@ pub struct Player {
     summary: RunSummary,
     playing: bool,
     device_lost_reported: bool,
+    /// `--loop-set`: the first song follows the last.
+    loop_set: bool,
     observer: Option<Box<dyn SongObserver>>,
     skipped_songs: BTreeSet<usize>,
 }
@@ -169,6 +171,7 @@ impl Player {
             summary: RunSummary::default(),
             playing: false,
             device_lost_reported: false,
+            loop_set: false,
             observer: None,
             skipped_songs: BTreeSet::new(),
         }
@@ -514,7 +517,13 @@ impl Player {
         }
     }
 
-    /// Queues the song after `index` (or `index` itself when the song loops).
+    /// With `true`, the first song of the set follows the last one (`--loop-set`).
+    pub fn set_loop_set(&mut self, loop_set: bool) {
+        self.loop_set = loop_set;
+    }
+
+    /// Queues the song after `index` (or `index` itself when the song loops; the first song
+    /// after the last one with `--loop-set`).
     fn queue_after(&mut self, index: usize) {
         let looping = self
             .setlist
@@ -523,6 +532,8 @@ impl Player {
             .is_some_and(|s| s.loop_playback);
         let next = if looping {
             Some(index)
+        } else if self.loop_set && index + 1 >= self.setlist.songs.len() {
+            Some(0)
         } else {
             index.checked_add(1)
         };

@@ -127,7 +127,25 @@ impl FileDecoder {
         if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
             return Err(Diagnostic::file(path, "the file is empty: expected audio"));
         }
-        let stream = MediaSourceStream::new(Box::new(file), Default::default());
+        FileDecoder::from_source(path, Box::new(file))
+    }
+
+    /// Opens audio held in memory; `name` stands for the file in messages and gives the
+    /// format hint (its extension). For fuzzing the decoder without touching the disk.
+    pub fn from_bytes(name: &Path, bytes: Vec<u8>) -> Result<FileDecoder, Diagnostic> {
+        if bytes.is_empty() {
+            return Err(Diagnostic::file(name, "the file is empty: expected audio"));
+        }
+        guarded(name, || {
+            FileDecoder::from_source(name, Box::new(std::io::Cursor::new(bytes)))
+        })
+    }
+
+    fn from_source(
+        path: &Path,
+        source: Box<dyn symphonia::core::io::MediaSource>,
+    ) -> Result<FileDecoder, Diagnostic> {
+        let stream = MediaSourceStream::new(source, Default::default());
         let mut hint = Hint::new();
         if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
             hint.with_extension(ext);
@@ -388,7 +406,14 @@ pub fn probe(path: &Path) -> Result<MediaInfo, Diagnostic> {
 /// Decodes the whole file (for `backline check`): returns the header and the number of
 /// frames actually decoded.
 pub fn decode_all(path: &Path) -> Result<(MediaInfo, u64), Diagnostic> {
-    let mut decoder = FileDecoder::open(path)?;
+    decode_to_end(path, FileDecoder::open(path)?)
+}
+
+/// Decodes a whole opened file, counting frames, within [`MAX_FILE_SECONDS`].
+pub fn decode_to_end(
+    path: &Path,
+    mut decoder: FileDecoder,
+) -> Result<(MediaInfo, u64), Diagnostic> {
     let channels = decoder.info().channels.max(1) as u64;
     let limit = MAX_FILE_SECONDS * u64::from(decoder.info().sample_rate);
     let mut frames = 0u64;

@@ -16,7 +16,8 @@ use std::time::Duration;
 use crate::library::{locate, Diagnostic, Song};
 
 pub use decode::{
-    decode_all, inside_guard, probe, FileDecoder, MediaInfo, MAX_FILE_CHANNELS, MAX_FILE_SECONDS,
+    decode_all, decode_to_end, inside_guard, probe, FileDecoder, MediaInfo, MAX_FILE_CHANNELS,
+    MAX_FILE_SECONDS,
 };
 pub use resample::StreamResampler;
 

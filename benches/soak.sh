@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Soak: plays songs-example as a looping set (--loop-set) on a private JACK dummy server
+# (48 kHz, 128-frame periods) for a long time with the beat clock and MIDI file going to a
+# FIFO, then prints xruns, clock lateness p99/p99.9/max, RSS and open file descriptors at
+# start (after a 20 s warm-up) and at the end.
+#
+#   bash benches/soak.sh [DURATION_SECONDS]     default 3600 (one hour)
+#
+# Targets: zero xruns with SCHED_FIFO (run as root or with CAP_SYS_NICE), RSS growth under
+# 1 MB, no fd growth. Needs jackd (jackd2); scripts/setup.sh installs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-3600}
+warmup=20
+server="backline-soak-$$"
+work=$(mktemp -d)
+jackd_pid=""
+player_pid=""
+reader_pid=""
+cleanup() {
+    for pid in $player_pid $reader_pid $jackd_pid; do
+        kill "$pid" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release --quiet
+export JACK_DEFAULT_SERVER="$server" JACK_NO_AUDIO_RESERVATION=1
+jackd -R -d dummy -r 48000 -p 128 >"$work/jackd.log" 2>&1 &
+jackd_pid=$!
+for _ in $(seq 50); do
+    jack_lsp >/dev/null 2>&1 && break
+    sleep 0.2
+done
+
+# The example show, with MIDI going to a FIFO this script drains.
+mkfifo "$work/midi.fifo"
+cat "$work/midi.fifo" >/dev/null &
+reader_pid=$!
+sed -e "s|^songs: songs|songs: $PWD/songs-example/songs|" \
+    -e "s|^playlist: playlists/main.yaml|playlist: $PWD/songs-example/playlists/main.yaml|" \
+    -e "s|path: ../example-out/midi.fifo|path: $work/midi.fifo|" \
+    -e "s|device: default|device: jack|" \
+    -e "s|buffer_size: 256|buffer_size: 128|" \
+    songs-example/backline.yaml >"$work/backline.yaml"
+
+./target/release/backline play "$work/backline.yaml" --loop-set </dev/null \
+    >"$work/report.txt" 2>"$work/log.txt" &
+player_pid=$!
+
+sample() { # rss_kb fds
+    local rss fds
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$player_pid/status")
+    fds=$(find "/proc/$player_pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
+    echo "$rss $fds"
+}
+sleep "$warmup"
+read -r rss_start fds_start < <(sample)
+echo "soak: playing for $duration s (started $(date -u +%H:%M:%S) UTC)"
+sleep "$duration"
+read -r rss_end fds_end < <(sample)
+kill -INT "$player_pid"
+wait "$player_pid" || { echo "backline exited with an error:"; tail -20 "$work/log.txt"; exit 1; }
+player_pid=""
+
+echo
+grep -E "real-time:|song started" "$work/log.txt" | tail -3 || true
+cat "$work/report.txt"
+songs=$(grep -c "song started" "$work/log.txt" || true)
+echo
+printf '%-28s %12s %12s %12s\n' "soak ($duration s)" start end growth
+printf '%-28s %12s %12s %12s\n' "RSS (kB)" "$rss_start" "$rss_end" "$((rss_end - rss_start))"
+printf '%-28s %12s %12s %12s\n' "open file descriptors" "$fds_start" "$fds_end" "$((fds_end - fds_start))"
+echo "songs started: $songs"
