@@ -444,6 +444,13 @@ impl Watcher {
                 self.notify(&[NotifyState::Ready, NotifyState::Status(&text)]);
                 last_status = Some(Instant::now());
                 info!("ready: the first audio period has played");
+                // The watchdog judges progress from here on.
+                last_callbacks = callbacks;
+                last_beat = self.heartbeat();
+                if watchdog.is_some() {
+                    self.notify(&[NotifyState::Watchdog]);
+                    last_ping = Some(Instant::now());
+                }
             }
             if ready && !stopping && last_status.is_none_or_elapsed(STATUS_EVERY) {
                 let text = self.shared.status_text();
