@@ -32,8 +32,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CLIENTS: usize = 8;
 /// Requests served on one connection.
 const MAX_REQUESTS_PER_CONNECTION: usize = 1000;
-/// How often the accept loop looks at its stop flag.
-const POLL_MS: i32 = 200;
+/// How often the accept loop looks at its stop flag (bounds the shutdown delay).
+const POLL_MS: i32 = 20;
 /// The group that may use the socket, when it exists.
 const SOCKET_GROUP: &str = "backline";
 

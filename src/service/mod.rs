@@ -26,8 +26,8 @@ use crate::rt::{self, Role};
 use crate::stats::{Metric, StatsCollector};
 use notify::Notifier;
 
-/// How often the service thread wakes.
-const TICK: Duration = Duration::from_millis(50);
+/// How often the service thread wakes (bounds the delay of STOPPING=1 and of shutdown).
+const TICK: Duration = Duration::from_millis(20);
 /// How often STATUS= is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// How often the sink re-reads the clock's p99.
