@@ -334,20 +334,20 @@ impl Drop for ThreadStop {
     }
 }
 
-#[test]
-fn a_stalled_audio_thread_stops_the_watchdog() {
-    let show = three_song_show("svc-stall");
+/// Ptrace-stops the player's thread `thread` for 3 s: no WATCHDOG=1 meanwhile, the log
+/// says `why`, the rest of the process runs on, and pings resume once the thread does.
+fn stalled_thread_stops_the_watchdog(show: &TestShow, thread: &str, why: &str) {
     let notify_path = show.path("notify.sock");
     let notes = Notifications::listen(&notify_path);
     let player = Player::start(
-        &show,
+        show,
         &[
             ("NOTIFY_SOCKET", notify_path.display().to_string()),
             ("WATCHDOG_USEC", "1000000".into()),
         ],
     );
     player.wait_playing();
-    let tid = thread_id(player.pid(), "backline-render").expect("the render thread");
+    let tid = thread_id(player.pid(), thread).expect("the thread");
     let healthy = Instant::now();
     assert!(wait_until(Duration::from_secs(3), || notes
         .count("WATCHDOG=1", healthy)
@@ -358,27 +358,46 @@ fn a_stalled_audio_thread_stops_the_watchdog() {
     std::thread::sleep(Duration::from_millis(3000));
     // At most the one check that straddled the stall may still have passed.
     let during = notes.count("WATCHDOG=1", stalled + Duration::from_millis(600));
-    // The rest of the process is alive: the socket answers, STATUS goes on.
+    // The rest of the process is alive: the socket answers.
     assert_eq!(player.status()["state"], "playing");
     let log = player.log();
     drop(stall);
     let resumed = Instant::now();
-    assert_eq!(
-        during, 0,
-        "WATCHDOG=1 while the audio thread was stalled:\n{log}"
-    );
-    assert!(
-        log.contains("watchdog: the audio callback is stalled"),
-        "{log}"
-    );
+    assert_eq!(during, 0, "WATCHDOG=1 while {thread} was stalled:\n{log}");
+    assert!(log.contains(why), "{log}");
     assert!(
         wait_until(Duration::from_secs(3), || notes
             .count("WATCHDOG=1", resumed)
             >= 2),
-        "no WATCHDOG=1 once the audio thread runs again:\n{}",
+        "no WATCHDOG=1 once {thread} runs again:\n{}",
         player.log()
     );
     assert!(player.log().contains("watchdog: healthy again"));
+}
+
+#[test]
+fn a_stalled_audio_thread_stops_the_watchdog() {
+    let show = three_song_show("svc-stall");
+    stalled_thread_stops_the_watchdog(
+        &show,
+        "backline-render",
+        "watchdog: the audio callback is stalled",
+    );
+}
+
+#[test]
+fn a_stalled_clock_thread_stops_the_watchdog() {
+    let show = three_song_show("svc-clock");
+    // A MIDI output nobody reads yet: the clock thread runs (and is retried) all the same.
+    show.write(
+        "backline.yaml",
+        "songs: songs\nplaylist: playlists/main.yaml\naudio:\n  buffer_size: 256\nmidi:\n  outputs:\n    - { name: nowhere, path: missing.fifo }\n",
+    );
+    stalled_thread_stops_the_watchdog(
+        &show,
+        "backline-clock",
+        "watchdog: the beat clock thread is stalled",
+    );
 }
 
 /// Sends raw bytes on a fresh connection and returns the reply (until the line or EOF).
