@@ -113,6 +113,34 @@ impl SongObserver for MidiFeeder {
     }
 }
 
+/// Opens the footswitch's MIDI input; its presses become player requests.
+fn open_footswitch(
+    control: &crate::library::MidiControlConfig,
+    requests: &mpsc::Sender<Request>,
+) -> Result<midir::MidiInputConnection<()>, String> {
+    let bindings: Vec<(crate::library::MidiEvent, ControlAction)> = [
+        (control.play, ControlAction::Play),
+        (control.stop, ControlAction::Stop),
+        (control.next, ControlAction::Next),
+        (control.previous, ControlAction::Previous),
+    ]
+    .into_iter()
+    .filter_map(|(event, action)| event.map(|e| (e, action)))
+    .collect();
+    let requests = requests.clone();
+    let connection = midi::start_control(&control.port, bindings, move |action| {
+        let request = match action {
+            ControlAction::Play => Request::Play,
+            ControlAction::Stop => Request::Stop,
+            ControlAction::Next => Request::Next,
+            ControlAction::Previous => Request::Previous,
+        };
+        let _ = requests.send(request);
+    })?;
+    info!("footswitch: listening on MIDI input `{}`", control.port);
+    Ok(connection)
+}
+
 /// Real-time settings from the config and command line.
 pub fn rt_settings(show: &Show, options: &PlayOptions) -> RtSettings {
     let realtime = &show.config.realtime;
@@ -377,6 +405,32 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     }
 
     let (request_tx, request_rx) = mpsc::channel();
+    // The footswitch feeds the same requests as the keyboard; SIGHUP may re-open it.
+    let mut footswitch =
+        show.config.midi.control.as_ref().and_then(|control| {
+            match open_footswitch(control, &request_tx) {
+                Ok(connection) => Some(connection),
+                Err(e) => {
+                    warn!("footswitch not available: {e}; keys and signals still work");
+                    None
+                }
+            }
+        });
+    let footswitch_requests = request_tx.clone();
+    let rebind: service::Rebind = Box::new(move |control| {
+        match control {
+            Some(control) => {
+                // The new connection is open before the old one closes.
+                let connection = open_footswitch(control, &footswitch_requests)?;
+                drop(footswitch.replace(connection));
+            }
+            None => {
+                drop(footswitch.take());
+                info!("footswitch: closed (no midi.control)");
+            }
+        }
+        Ok(())
+    });
     let service = Service::start(ServiceParts {
         signals,
         status: status.clone(),
@@ -387,41 +441,10 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             target: target.to_path_buf(),
             playlist: options.playlist.clone(),
             config: show.config.clone(),
+            footswitch: Some(rebind),
         },
         audio_role: role,
         setlist: setlist_name.clone(),
-    });
-    // The footswitch feeds the same requests as the keyboard.
-    let _control = show.config.midi.control.as_ref().and_then(|control| {
-        let bindings: Vec<(crate::library::MidiEvent, ControlAction)> = [
-            (control.play, ControlAction::Play),
-            (control.stop, ControlAction::Stop),
-            (control.next, ControlAction::Next),
-            (control.previous, ControlAction::Previous),
-        ]
-        .into_iter()
-        .filter_map(|(event, action)| event.map(|e| (e, action)))
-        .collect();
-        let requests = request_tx.clone();
-        let connection = midi::start_control(&control.port, bindings, move |action| {
-            let request = match action {
-                ControlAction::Play => Request::Play,
-                ControlAction::Stop => Request::Stop,
-                ControlAction::Next => Request::Next,
-                ControlAction::Previous => Request::Previous,
-            };
-            let _ = requests.send(request);
-        });
-        match connection {
-            Ok(connection) => {
-                info!("footswitch: listening on MIDI input `{}`", control.port);
-                Some(connection)
-            }
-            Err(e) => {
-                warn!("footswitch not available: {e}; keys and signals still work");
-                None
-            }
-        }
     });
     let period_frames = opened.buffer_size.unwrap_or(show.config.audio.buffer_size);
     let period_ns = i64::from(period_frames) * 1_000_000_000 / i64::from(rate.max(1));

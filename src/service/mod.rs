@@ -18,7 +18,7 @@ use sd_notify::NotifyState;
 use tracing::{error, info, warn};
 
 pub use control::{ControlRequest, ControlSocket, CtlError};
-pub use reload::ReloadSource;
+pub use reload::{Rebind, ReloadSource};
 
 use crate::engine::{Request, SharedStatus, StatusSink, StatusSnapshot};
 use crate::library::Config;

@@ -2,15 +2,20 @@
 //! config and setlist. What applies from the next song: the setlist and its order, the
 //! songs (files, tempo, MIDI), `audio.track_mappings` and `audio.track_gains`. What needs
 //! a restart (logged, and the running value stays): the audio device, sample rate and
-//! buffer size, `realtime`, `midi.outputs`, `midi.persist_tempo`, the footswitch
-//! (`midi.control`) and `service.control_socket`.
+//! buffer size, `realtime`, `midi.outputs`, `midi.persist_tempo` and
+//! `service.control_socket`. The footswitch (`midi.control`) is re-opened with its new port
+//! and bindings through the [`Rebind`] hook `play` provides; if that fails the old one stays.
 
 use std::path::PathBuf;
 
 use tracing::{error, info, warn};
 
 use crate::engine::{Reload, Request};
-use crate::library::{Config, Show};
+use crate::library::{Config, MidiControlConfig, Show};
+
+/// Re-opens the footswitch with new settings (`None`: no footswitch). On error the old
+/// connection must stay open. Provided by `play`, which owns the MIDI wiring.
+pub type Rebind = Box<dyn FnMut(Option<&MidiControlConfig>) -> Result<(), String> + Send>;
 
 /// What SIGHUP reloads from, and the config in force.
 pub struct ReloadSource {
@@ -20,6 +25,8 @@ pub struct ReloadSource {
     pub playlist: Option<String>,
     /// The config in force.
     pub config: Config,
+    /// Re-opens the footswitch when `midi.control` changes.
+    pub footswitch: Option<Rebind>,
 }
 
 impl ReloadSource {
@@ -66,6 +73,21 @@ impl ReloadSource {
         for line in keep_restart_only(&self.config, &mut config) {
             warn!("reload: {line}");
         }
+        if config.midi.control != self.config.midi.control {
+            let outcome = match self.footswitch.as_mut() {
+                Some(rebind) => rebind(config.midi.control.as_ref()),
+                None => Err("no footswitch hook".into()),
+            };
+            match outcome {
+                Ok(()) => {
+                    info!("reload: footswitch (midi.control) re-opened with the new settings")
+                }
+                Err(e) => {
+                    warn!("reload: midi.control changed but the footswitch could not be re-opened ({e}): the old one stays");
+                    config.midi.control.clone_from(&self.config.midi.control);
+                }
+            }
+        }
         self.config = config.clone();
         let name = setlist.name.clone();
         Some((Request::Reload(Box::new(Reload { config, setlist })), name))
@@ -98,7 +120,6 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
         "midi.persist_tempo",
         old.midi.persist_tempo != new.midi.persist_tempo,
     );
-    note("midi.control", old.midi.control != new.midi.control);
     note(
         "service.control_socket",
         old.service.control_socket != new.service.control_socket,
@@ -107,7 +128,9 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<String> {
     new.audio.sample_rate = old.audio.sample_rate;
     new.audio.buffer_size = old.audio.buffer_size;
     new.realtime = old.realtime.clone();
+    let control = new.midi.control.take();
     new.midi = old.midi.clone();
+    new.midi.control = control;
     new.service = old.service.clone();
     notes
 }
