@@ -219,7 +219,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             }
         },
         None => {
-            warn!("no control socket: neither RUNTIME_DIRECTORY nor XDG_RUNTIME_DIR is set; give --control-socket PATH");
+            info!("no control socket: neither RUNTIME_DIRECTORY nor XDG_RUNTIME_DIR is set (--control-socket PATH gives one)");
             None
         }
     };
