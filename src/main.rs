@@ -46,6 +46,10 @@ struct ShowArgs {
     /// soak tests).
     #[arg(long)]
     loop_set: bool,
+    /// Control socket for `backline ctl` (default: $RUNTIME_DIRECTORY/control.sock under
+    /// systemd, else $XDG_RUNTIME_DIR/backline/control.sock).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
 }
 
 impl ShowArgs {
@@ -60,6 +64,7 @@ impl ShowArgs {
             rehearsal,
             report: None,
             plot: None,
+            control_socket: self.control_socket,
         }
     }
 }
@@ -119,6 +124,35 @@ enum Command {
     },
     /// List audio output devices of every compiled-in host, MIDI ports and raw MIDI devices.
     Devices,
+    /// Control a running player through its control socket.
+    Ctl {
+        #[command(subcommand)]
+        action: CtlAction,
+        /// The player's control socket (default: $XDG_RUNTIME_DIR/backline/control.sock,
+        /// else /run/backline/control.sock).
+        #[arg(long, global = true, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum CtlAction {
+    /// Start playing.
+    Play,
+    /// Stop (back to the top of the song).
+    Stop,
+    /// Pause where the song is, or resume.
+    Pause,
+    /// Next song.
+    Next,
+    /// Previous song.
+    Previous,
+    /// Show the song, position, xruns, clock p99 and real-time state.
+    Status {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -176,6 +210,7 @@ fn main() -> ExitCode {
                 quick,
             },
         ),
+        Command::Ctl { action, socket } => run_ctl(action, socket),
         Command::Devices => {
             for line in output::list_devices() {
                 println!("{line}");
@@ -205,6 +240,31 @@ fn run_clock_only(
     };
     match clock_only::build(bpm, seconds, midi_out, 48_000) {
         Ok(show) => play::run(&show.root, options),
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn run_ctl(action: CtlAction, socket: Option<PathBuf>) -> i32 {
+    let line = match action {
+        CtlAction::Play => "play",
+        CtlAction::Stop => "stop",
+        CtlAction::Pause => "pause",
+        CtlAction::Next => "next",
+        CtlAction::Previous => "previous",
+        CtlAction::Status { json: false } => "status",
+        CtlAction::Status { json: true } => "status --json",
+    };
+    let path = socket.unwrap_or_else(backline::service::ctl_socket_path);
+    match backline::service::control::request(&path, line, std::time::Duration::from_secs(5)) {
+        Ok(reply) => {
+            if !reply.is_empty() {
+                println!("{reply}");
+            }
+            0
+        }
         Err(e) => {
             eprintln!("error: {e}");
             1

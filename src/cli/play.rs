@@ -3,9 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{error, info, warn};
@@ -22,6 +20,7 @@ use crate::midi::{
     self, ClockCommand, ClockSettings, ClockSong, ClockThread, ControlAction, Outputs,
 };
 use crate::rt::{self, CpuSet, Role, RtSettings};
+use crate::service::{self, ControlSocket, ReloadSource, Service, ServiceParts, Signals};
 use crate::stats::{StatsCollector, TimingReport};
 use crate::timing::anchor::anchor;
 use crate::timing::{AudioClock, TempoMap};
@@ -52,6 +51,8 @@ pub struct PlayOptions {
     pub report: Option<std::path::PathBuf>,
     /// `rehearse --plot FILE.svg`.
     pub plot: Option<std::path::PathBuf>,
+    /// `--control-socket PATH`.
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 /// Feeds the clock thread: each prepared song's tempo map and MIDI file, each selected
@@ -114,6 +115,34 @@ impl SongObserver for MidiFeeder {
     }
 }
 
+/// Opens the footswitch's MIDI input; its presses become player requests.
+fn open_footswitch(
+    control: &crate::library::MidiControlConfig,
+    requests: &mpsc::Sender<Request>,
+) -> Result<midir::MidiInputConnection<()>, String> {
+    let bindings: Vec<(crate::library::MidiEvent, ControlAction)> = [
+        (control.play, ControlAction::Play),
+        (control.stop, ControlAction::Stop),
+        (control.next, ControlAction::Next),
+        (control.previous, ControlAction::Previous),
+    ]
+    .into_iter()
+    .filter_map(|(event, action)| event.map(|e| (e, action)))
+    .collect();
+    let requests = requests.clone();
+    let connection = midi::start_control(&control.port, bindings, move |action| {
+        let request = match action {
+            ControlAction::Play => Request::Play,
+            ControlAction::Stop => Request::Stop,
+            ControlAction::Next => Request::Next,
+            ControlAction::Previous => Request::Previous,
+        };
+        let _ = requests.send(request);
+    })?;
+    info!("footswitch: listening on MIDI input `{}`", control.port);
+    Ok(connection)
+}
+
 /// Real-time settings from the config and command line.
 pub fn rt_settings(show: &Show, options: &PlayOptions) -> RtSettings {
     let realtime = &show.config.realtime;
@@ -149,18 +178,10 @@ pub fn report_library_problems(show: &Show) -> usize {
 
 /// Runs `backline play`. Returns the process exit code.
 pub fn run(target: &Path, options: &PlayOptions) -> i32 {
-    // Signals first: a SIGTERM or SIGUSR1 during loading must not kill the process.
-    let quit = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(signal, quit.clone()) {
-            warn!("cannot handle signal {signal}: {e}");
-        }
-    }
-    let usr1 = Arc::new(AtomicBool::new(false));
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone()) {
-        warn!("cannot handle SIGUSR1: {e}");
-    }
+    // Signals first: a SIGTERM, SIGHUP or SIGUSR1 during loading must not kill the process.
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let signals = Signals::register(!interactive);
+    let (quit, usr1) = (signals.quit.clone(), signals.usr1.clone());
     let show = match Show::load(target) {
         Ok(show) => show,
         Err(errors) => {
@@ -189,6 +210,21 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         return 1;
     }
     info!("setlist `{}`: {} songs", setlist.name, setlist.songs.len());
+    // The control socket is opened with the devices, before any privilege is dropped.
+    let control_socket = match service::socket_path(options.control_socket.as_deref(), &show.config)
+    {
+        Some(path) => match ControlSocket::bind(&path) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                warn!("no control socket: {e}");
+                None
+            }
+        },
+        None => {
+            info!("no control socket: neither RUNTIME_DIRECTORY nor XDG_RUNTIME_DIR is set (--control-socket PATH gives one)");
+            None
+        }
+    };
     let song_names: Vec<String> = setlist.songs.iter().map(|s| s.name.clone()).collect();
     let setlist_name = setlist.name.clone();
 
@@ -372,37 +408,46 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     }
 
     let (request_tx, request_rx) = mpsc::channel();
-    // The footswitch feeds the same requests as the keyboard.
-    let _control = show.config.midi.control.as_ref().and_then(|control| {
-        let bindings: Vec<(crate::library::MidiEvent, ControlAction)> = [
-            (control.play, ControlAction::Play),
-            (control.stop, ControlAction::Stop),
-            (control.next, ControlAction::Next),
-            (control.previous, ControlAction::Previous),
-        ]
-        .into_iter()
-        .filter_map(|(event, action)| event.map(|e| (e, action)))
-        .collect();
-        let requests = request_tx.clone();
-        let connection = midi::start_control(&control.port, bindings, move |action| {
-            let request = match action {
-                ControlAction::Play => Request::Play,
-                ControlAction::Stop => Request::Stop,
-                ControlAction::Next => Request::Next,
-                ControlAction::Previous => Request::Previous,
-            };
-            let _ = requests.send(request);
-        });
-        match connection {
-            Ok(connection) => {
-                info!("footswitch: listening on MIDI input `{}`", control.port);
-                Some(connection)
+    // The footswitch feeds the same requests as the keyboard; SIGHUP may re-open it.
+    let mut footswitch =
+        show.config.midi.control.as_ref().and_then(|control| {
+            match open_footswitch(control, &request_tx) {
+                Ok(connection) => Some(connection),
+                Err(e) => {
+                    warn!("footswitch not available: {e}; keys and signals still work");
+                    None
+                }
             }
-            Err(e) => {
-                warn!("footswitch not available: {e}; keys and signals still work");
-                None
+        });
+    let footswitch_requests = request_tx.clone();
+    let rebind: service::Rebind = Box::new(move |control| {
+        match control {
+            Some(control) => {
+                // The new connection is open before the old one closes.
+                let connection = open_footswitch(control, &footswitch_requests)?;
+                drop(footswitch.replace(connection));
+            }
+            None => {
+                drop(footswitch.take());
+                info!("footswitch: closed (no midi.control)");
             }
         }
+        Ok(())
+    });
+    let service = Service::start(ServiceParts {
+        signals,
+        status: status.clone(),
+        clock_heartbeat: clock.as_ref().map(|(thread, _)| thread.heartbeat()),
+        requests: request_tx.clone(),
+        control: control_socket,
+        reload: ReloadSource {
+            target: target.to_path_buf(),
+            playlist: options.playlist.clone(),
+            config: show.config.clone(),
+            footswitch: Some(rebind),
+        },
+        audio_role: role,
+        setlist: setlist_name.clone(),
     });
     let period_frames = opened.buffer_size.unwrap_or(show.config.audio.buffer_size);
     let period_ns = i64::from(period_frames) * 1_000_000_000 / i64::from(rate.max(1));
@@ -412,20 +457,25 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             warn!("cannot switch the terminal to raw mode: {e}");
         }
         console::spawn_key_reader(request_tx);
-        let mut sink = ShowStatus::new(Some(StatusLine::new(role)), &stats, usr1, period_ns);
+        let mut sink = service.sink(
+            ShowStatus::new(Some(StatusLine::new(role)), &stats, usr1, period_ns),
+            &stats,
+        );
         let summary = player.run(&request_rx, &quit, false, &mut sink);
         drop(guard);
         summary
     } else {
         drop(request_tx);
-        let mut sink = ShowStatus::new(None, &stats, usr1, period_ns);
+        let mut sink = service.sink(ShowStatus::new(None, &stats, usr1, period_ns), &stats);
         player.run(&request_rx, &quit, true, &mut sink)
     };
+    service.stopping();
     // The transport has stopped: the clock sends Stop and All Notes Off before it ends.
     if let Some((thread, _outputs)) = clock.take() {
         thread.finish();
     }
     rt::log_pending_reports();
+    drop(service);
 
     match running {
         Running::Wav(render) => match render.finish() {

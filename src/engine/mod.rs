@@ -9,5 +9,5 @@ pub mod render;
 pub mod transport;
 
 pub use callback::{AudioCallback, FirstCallbackHook};
-pub use player::{Player, Request, RunSummary, SongObserver, StatusSink, StatusSnapshot};
+pub use player::{Player, Reload, Request, RunSummary, SongObserver, StatusSink, StatusSnapshot};
 pub use transport::{transport, Command, Event, PreparedSong, SharedStatus, TransportControl};

@@ -53,6 +53,26 @@ pub enum Request {
         /// Gain in dB.
         db: f32,
     },
+    /// Play from a re-read config and setlist (SIGHUP): the song playing plays on; the rest
+    /// applies from the next song.
+    Reload(Box<Reload>),
+}
+
+/// A re-read config and setlist, already validated.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// The new config (routing, gains; device settings need a restart).
+    pub config: Config,
+    /// The new setlist.
+    pub setlist: Setlist,
+}
+
+impl PartialEq for Reload {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config
+            && self.setlist.name == other.setlist.name
+            && self.setlist.songs == other.setlist.songs
+    }
 }
 
 /// A snapshot of the player for the status line (and later STATUS= and the socket).
@@ -307,6 +327,83 @@ impl Player {
             Request::Previous => self.previous(),
             Request::Quit => {}
             Request::SetGain { track, db } => self.set_gain(&track, db),
+            Request::Reload(reload) => self.reload(*reload),
+        }
+    }
+
+    /// Switches to a new config and setlist. The song playing (or selected) keeps its
+    /// preparation and plays on; the song after it is prepared again from the new setlist
+    /// with the new routing and gains. A current song missing from the new setlist stays in
+    /// it, at its old position, so the set goes on from there.
+    fn reload(&mut self, reload: Reload) {
+        let Reload {
+            config,
+            mut setlist,
+        } = reload;
+        let old_names: Vec<String> = self.setlist.songs.iter().map(|s| s.name.clone()).collect();
+        let current_index = self
+            .current
+            .and_then(|id| self.prepared.get(&id))
+            .map(|i| i.index);
+        let current_song = current_index
+            .and_then(|i| self.setlist.songs.get(i))
+            .cloned();
+        let new_index = current_song.as_ref().map(|song| {
+            match setlist.songs.iter().position(|s| s.name == song.name) {
+                Some(at) => at,
+                None => {
+                    let at = current_index.unwrap_or(0).min(setlist.songs.len());
+                    setlist.songs.insert(at, song.clone());
+                    info!(
+                        "reload: `{}` is not in the new setlist: it plays on, then the set continues from there",
+                        song.name
+                    );
+                    at
+                }
+            }
+        });
+        // Preparations still alive keep pointing at their song, now by its new position.
+        self.prepared.retain(|_, info| {
+            match old_names
+                .get(info.index)
+                .and_then(|name| setlist.songs.iter().position(|s| &s.name == name))
+            {
+                Some(at) => {
+                    info.index = at;
+                    true
+                }
+                None => false,
+            }
+        });
+        let kept_tempo = current_index
+            .and_then(|i| self.tempo_maps.remove(&i))
+            .filter(|_| new_index.and_then(|at| setlist.songs.get(at)) == current_song.as_ref());
+        self.tempo_maps.clear();
+        if let (Some(at), Some(map)) = (new_index, kept_tempo) {
+            self.tempo_maps.insert(at, map);
+        }
+        self.skipped_songs.clear();
+        self.warned_routes.clear();
+        self.config = config;
+        self.setlist = setlist;
+        info!(
+            "reload: setlist `{}`, {} songs",
+            self.setlist.name,
+            self.setlist.songs.len()
+        );
+        if let Some(at) = new_index {
+            self.queue_after(at);
+            let next = self
+                .queued
+                .and_then(|id| self.prepared.get(&id))
+                .and_then(|i| self.setlist.songs.get(i.index))
+                .map_or("nothing (end of the set)".to_string(), |s| {
+                    format!("`{}`", s.name)
+                });
+            info!(
+                "reload: `{}` plays on; next: {next}",
+                self.setlist.songs[at].name
+            );
         }
     }
 

@@ -26,6 +26,17 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     /// MIDI outputs (beat clock, MIDI file) and footswitch control.
     pub midi: MidiConfig,
+    /// Running as a service: the control socket.
+    pub service: ServiceConfig,
+}
+
+/// The `service:` section.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceConfig {
+    /// Where the control socket (`backline ctl`) is created; relative paths are relative to
+    /// backline.yaml. `None`: `$RUNTIME_DIRECTORY/control.sock` under systemd, else
+    /// `$XDG_RUNTIME_DIR/backline/control.sock`. `--control-socket` overrides it.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// The `midi:` section.
@@ -153,6 +164,15 @@ struct RawConfig {
     midi: Option<RawMidi>,
     #[serde(default)]
     realtime: Option<RawRealtime>,
+    #[serde(default)]
+    service: Option<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(default)]
+    control_socket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +269,7 @@ impl Config {
             audio: AudioConfig::default(),
             realtime: RealtimeConfig::default(),
             midi: MidiConfig::default(),
+            service: ServiceConfig::default(),
         }
     }
 
@@ -363,6 +384,24 @@ impl Config {
             None => MidiConfig::default(),
             Some(raw_midi) => convert_midi(raw_midi, &base, &at, &mut errors),
         };
+        let service = ServiceConfig {
+            control_socket: raw
+                .service
+                .and_then(|s| s.control_socket)
+                .map(|p| base.join(p)),
+        };
+        if service
+            .control_socket
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().len() > 100)
+        {
+            errors.push(at(
+                "control_socket",
+                None,
+                "control_socket path is too long for a Unix socket: expected at most 100 bytes"
+                    .to_string(),
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -374,6 +413,7 @@ impl Config {
             audio,
             realtime,
             midi,
+            service,
         })
     }
 
@@ -567,6 +607,22 @@ mod tests {
         let unknown =
             Config::parse(Path::new("b.yaml"), "audio:\n  devcie: x\n").expect_err("unknown");
         assert_eq!(unknown[0].line, Some(2));
+    }
+
+    #[test]
+    fn control_socket_is_relative_to_the_config() {
+        let config = Config::parse(
+            Path::new("/show/backline.yaml"),
+            "service:\n  control_socket: run/ctl.sock\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.service.control_socket,
+            Some(PathBuf::from("/show/run/ctl.sock"))
+        );
+        let unknown =
+            Config::parse(Path::new("b.yaml"), "service:\n  socket: x\n").expect_err("unknown key");
+        assert_eq!(unknown[0].line, Some(2), "{}", unknown[0]);
     }
 
     #[test]

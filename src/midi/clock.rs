@@ -5,7 +5,7 @@
 //! sleeps with `clock_nanosleep(TIMER_ABSTIME)` until shortly before a deadline, spins the
 //! rest, writes, and records its lateness. The hot loop follows DESIGN.md's RT rules.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
@@ -77,6 +77,7 @@ pub struct ClockSettings {
 pub struct ClockThread {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    heartbeat: Arc<AtomicU64>,
 }
 
 /// Per-song play state inside the hot loop (plain values, no allocation).
@@ -110,6 +111,7 @@ struct Clock {
     current_id: u64,
     stats: SampleSender,
     settings: ClockSettings,
+    heartbeat: Arc<AtomicU64>,
 }
 
 impl ClockThread {
@@ -125,6 +127,7 @@ impl ClockThread {
     ) -> Result<(ClockThread, rtrb::Consumer<Box<ClockSong>>), String> {
         let (trash_tx, trash_rx) = rtrb::RingBuffer::new(64);
         let stop = Arc::new(AtomicBool::new(false));
+        let heartbeat = Arc::new(AtomicU64::new(0));
         let mut clock = Clock {
             outputs,
             audio,
@@ -137,6 +140,7 @@ impl ClockThread {
             current_id: 0,
             stats,
             settings,
+            heartbeat: heartbeat.clone(),
         };
         let handle = {
             let stop = stop.clone();
@@ -158,9 +162,16 @@ impl ClockThread {
             ClockThread {
                 stop,
                 handle: Some(handle),
+                heartbeat,
             },
             trash_rx,
         ))
+    }
+
+    /// A counter the thread's loop advances at least every 2 ms, playing or idle (the
+    /// service's watchdog checks the thread is alive with it).
+    pub fn heartbeat(&self) -> Arc<AtomicU64> {
+        self.heartbeat.clone()
     }
 
     /// Stops the thread after it sends Stop and All Notes Off.
@@ -185,6 +196,9 @@ impl Drop for ClockThread {
 impl Clock {
     fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Acquire) {
+            // Every pass sleeps at most MAX_SLEEP_NS plus the spin window, so this keeps
+            // advancing between songs too.
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
             self.handle_commands();
             self.follow_anchor();
             let now = monotonic_ns();
