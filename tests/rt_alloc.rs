@@ -54,8 +54,10 @@ fn audio_callback_never_allocates() {
     let mut callback = AudioCallback::new(transport, status, 4, 48_000, Some(hook), None);
     let mut device_f32 = vec![0.0f32; 256 * 4];
     let mut device_i16 = vec![0i16; 256 * 4];
-    let mut device_i32 = vec![0i32; 256 * 4];
-    let mut planar = vec![vec![0.0f32; 256]; 4];
+    // i32 and the planar path share a period's worth of frames per round, so every round
+    // renders 3 × 256 frames as before.
+    let mut device_i32 = vec![0i32; 128 * 4];
+    let mut planar = vec![vec![0.0f32; 128]; 4];
 
     // Built off the RT thread, as the player does.
     let first = song(1, 3, 2, 3000);
@@ -79,7 +81,7 @@ fn audio_callback_never_allocates() {
             callback.render(&mut device_i16);
             callback.render(&mut device_i32);
             // The JACK backend's path: planar blocks copied to one buffer per port.
-            callback.render_planar(256, 0, |channel, offset, samples| {
+            callback.render_planar(128, 0, |channel, offset, samples| {
                 planar[channel][offset..offset + samples.len()].copy_from_slice(samples);
             });
             // Song changes happen on the RT thread too: queue, jump, stop, load, play.
