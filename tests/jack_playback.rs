@@ -406,3 +406,87 @@ fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
         "RT state in the report"
     );
 }
+
+#[test]
+fn a_vanishing_server_is_reported_once_and_does_not_crash_the_player() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+
+    let show = TestShow::new("server-gone");
+    show.tone_song("1", "Long", 440.0, 20.0);
+    show.write(
+        "backline.yaml",
+        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\n",
+    );
+    let server = JackServer::start(RATE, PERIOD);
+    let (client, ports) = player_client();
+    let recorder = Recorder::start(&server, &ports, 1);
+    let mut child = backline()
+        .arg("play")
+        .arg(&show.root)
+        .args(["--output", &format!("jack:{client}")])
+        .envs(server.envs())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run backline");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let stderr = stderr.clone();
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                stderr
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&text);
+            }
+        })
+    };
+    let text = || stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        recorder.wait_connected(Duration::from_secs(20)),
+        "{}",
+        text()
+    );
+    let playing = recorder.frames_so_far() + u64::from(RATE);
+    assert!(wait_until(Duration::from_secs(10), || recorder
+        .frames_so_far()
+        >= playing));
+    server.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || text()
+            .contains("audio device lost")),
+        "the loss is reported: {}",
+        text()
+    );
+    assert!(child.try_wait().expect("poll").is_none(), "still running");
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM ends the player: {}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    let _ = recorder.stop();
+    let text = text();
+    assert!(status.success(), "exit {status:?}: {text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert_eq!(
+        text.matches("audio device lost").count(),
+        1,
+        "logged once: {text}"
+    );
+}
