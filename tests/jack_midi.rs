@@ -218,3 +218,77 @@ fn every_beat_tick_lands_on_the_frame_of_its_audio_impulse() {
         );
     }
 }
+
+#[test]
+fn persist_tempo_keeps_jack_ticks_running_between_songs_without_a_gap() {
+    let show = TestShow::new("jack-persist");
+    for (dir, name) in [("a", "A"), ("b", "B")] {
+        show.wav_i16(
+            &format!("songs/{dir}/click.wav"),
+            RATE,
+            &[vec![0i16; (1.5 * f64::from(RATE)) as usize]],
+        );
+        show.write(
+            &format!("songs/{dir}/song.yaml"),
+            &format!(
+                "kind: song\nname: {name}\ntracks:\n  - name: click\n    file: click.wav\ntempo: {{ bpm: {BPM} }}\n"
+            ),
+        );
+    }
+    let client = unique_client_name("backline");
+    // The port named by our client's default name `backline` is ours too.
+    show.write(
+        "backline.yaml",
+        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    click: [1]\nmidi:\n  persist_tempo: true\n  outputs:\n    - { name: clock, jack: \"backline:clock\", clock: true, midi_file: false }\n",
+    );
+    let server = JackServer::start(RATE, PERIOD);
+    let recorder = Recorder::start_with_midi(
+        &server,
+        &format!("{client}:out_"),
+        1,
+        Some(&format!("{client}:clock")),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_backline"))
+        .arg("play")
+        .arg(&show.root)
+        .args(["--output", &format!("jack:{client}")])
+        .envs(server.envs())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backline");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let rec = recorder.stop();
+    assert!(output.status.success(), "{stderr}");
+    let disturbances = rec.gaps.len() + xruns_reported(&stderr) + rec.xruns as usize;
+    let starts: Vec<usize> = (0..rec.midi.len())
+        .filter(|&i| rec.midi[i].bytes() == [0xFA])
+        .collect();
+    assert_eq!(starts.len(), 2, "one Start per song\n{stderr}");
+    let between = &rec.midi[starts[0]..starts[1]];
+    assert!(
+        between.iter().any(|e| e.bytes() == [0xFC]),
+        "song 1 ends with Stop"
+    );
+    let ticks: Vec<i64> = rec.midi[starts[0]..]
+        .iter()
+        .filter(|e| e.bytes() == [0xF8])
+        .map(|e| i64::from(e.frame_time))
+        .collect();
+    let gaps: Vec<i64> = ticks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .filter(|&d| d > TICK_FRAMES + 1)
+        .collect();
+    // The clock runs on at 120 BPM through the song change: no gap longer than one tick
+    // (plus the one cycle a song's very first tick may be late by).
+    assert!(
+        gaps.iter().filter(|&&d| d > TICK_FRAMES + i64::from(PERIOD)).count() <= disturbances,
+        "gaps between ticks across the song change: {gaps:?} ({disturbances} disturbances)\n{stderr}"
+    );
+    eprintln!(
+        "{} ticks from the first Start; intervals over one tick: {gaps:?}; {disturbances} disturbances",
+        ticks.len()
+    );
+    // Ticks keep coming after the last song's Stop (the recorder ran 200 ms more at least).
+    assert!(ticks.len() > 2 * 72, "{} ticks", ticks.len());
+}

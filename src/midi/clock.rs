@@ -325,7 +325,9 @@ impl Clock {
         self.current_id = anchor.song_id;
         // The new song's own Start and ticks take over from a free-running clock.
         self.free = None;
-        if self.free_jack.take().is_some() {
+        if self.free_jack.take().is_some_and(|free| free.sent > 0) {
+            // Free-running ticks queued ahead of the new song must not play. (A Stop queued
+            // by `stop_song` in this same pass has no free ticks after it yet: it stays.)
             for feed in &mut self.jack {
                 feed.cancel_pending();
             }
