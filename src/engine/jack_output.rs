@@ -121,6 +121,15 @@ struct Process {
 
 impl jack::ProcessHandler for Process {
     fn process(&mut self, _: &jack::Client, scope: &jack::ProcessScope) -> jack::Control {
+        // Under the allocation guard: a no-op with the normal allocator, an abort in tests
+        // that install `AllocDisabler` (tests/jack_rt_alloc.rs).
+        assert_no_alloc::assert_no_alloc(|| self.cycle(scope));
+        jack::Control::Continue
+    }
+}
+
+impl Process {
+    fn cycle(&mut self, scope: &jack::ProcessScope) {
         let frames = scope.n_frames() as usize;
         let cycle_ns = cycle_start_ns(scope);
         let first_frame = self.callback.device_frame();
@@ -138,7 +147,6 @@ impl jack::ProcessHandler for Process {
             let song_tag = self.status.song_tag.load(Ordering::Relaxed);
             hook.cycle(scope, first_frame, song_tag);
         }
-        jack::Control::Continue
     }
 }
 
