@@ -121,6 +121,28 @@ fn a_missing_device_or_playlist_is_a_clear_error() {
 }
 
 #[test]
+fn jack_without_a_server_is_a_clear_error() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/songs-example");
+    let output = Command::new(env!("CARGO_BIN_EXE_backline"))
+        .args(["play", dir, "--output", "jack"])
+        .env(
+            "JACK_DEFAULT_SERVER",
+            format!("no-such-server-{}", std::process::id()),
+        )
+        .env("JACK_NO_START_SERVER", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backline");
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("cannot connect to a JACK server") && all.contains("is jackd running"),
+        "{all}"
+    );
+    assert!(!all.contains("panicked"), "{all}");
+}
+
+#[test]
 fn devices_lists_every_host() {
     let output = backline(&["devices"]);
     let all = text(&output);

@@ -7,7 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::fixtures::{frequency_track, longest_silence, segments, TestShow};
-use common::{non_silent_span, peak, tone_amplitude, wait_until, JackServer, PtyChild, Recorder};
+use common::{
+    non_silent_span, peak, tone_amplitude, unique_client_name, wait_until, JackServer, PtyChild,
+    Recorder,
+};
 
 const RATE: u32 = 48_000;
 const PERIOD: u32 = 256;
@@ -18,15 +21,26 @@ fn backline() -> Command {
     Command::new(env!("CARGO_BIN_EXE_backline"))
 }
 
-/// The JACK ports cpal gives the player (cpal 0.15 always names its client this).
-const PLAYER_PORTS: &str = "cpal_client_out:out_";
+/// A JACK client name for the player no other test process uses, and its audio ports'
+/// prefix (`NAME:out_`, numbered from 1).
+fn player_client() -> (String, String) {
+    let name = unique_client_name("backline");
+    let ports = format!("{name}:out_");
+    (name, ports)
+}
 
-/// Runs `backline play` without a terminal and waits for it; returns (exit code, stderr).
-fn play_to_end(show: &TestShow, server: &JackServer, extra: &[&str]) -> (i32, String) {
+/// Runs `backline play --output jack:CLIENT` without a terminal and waits for it; returns
+/// (exit code, stderr).
+fn play_to_end(
+    show: &TestShow,
+    server: &JackServer,
+    client: &str,
+    extra: &[&str],
+) -> (i32, String) {
     let output = backline()
         .arg("play")
         .arg(&show.root)
-        .args(["--output", "jack"])
+        .args(["--output", &format!("jack:{client}")])
         .args(extra)
         .envs(server.envs())
         .stdin(Stdio::null())
@@ -81,8 +95,9 @@ fn routes_tones_to_the_right_outputs_at_the_right_level_and_length() {
         "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    a: [1]\n    b: [3]\n    c-l: [4]\n    c-r: [4]\n",
     );
     let server = JackServer::start(RATE, PERIOD);
-    let recorder = Recorder::start(&server, PLAYER_PORTS, 4);
-    let (code, stderr) = play_to_end(&show, &server, &[]);
+    let (client, ports) = player_client();
+    let recorder = Recorder::start(&server, &ports, 4);
+    let (code, stderr) = play_to_end(&show, &server, &client, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("set finished: 1 songs played, 0 skipped"),
@@ -161,8 +176,9 @@ fn auto_advance_skips_broken_songs_without_gaps() {
         "songs: songs\nplaylist: playlists/set.yaml\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\n",
     );
     let server = JackServer::start(RATE, PERIOD);
-    let recorder = Recorder::start(&server, PLAYER_PORTS, 2);
-    let (code, stderr) = play_to_end(&show, &server, &[]);
+    let (client, ports) = player_client();
+    let recorder = Recorder::start(&server, &ports, 2);
+    let (code, stderr) = play_to_end(&show, &server, &client, &[]);
     std::thread::sleep(Duration::from_millis(200));
     let rec = recorder.stop();
     assert_eq!(
@@ -229,12 +245,13 @@ fn keys_next_previous_and_quit_in_a_terminal() {
         "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\n",
     );
     let server = JackServer::start(RATE, PERIOD);
-    let recorder = Recorder::start(&server, PLAYER_PORTS, 1);
+    let (client, ports) = player_client();
+    let recorder = Recorder::start(&server, &ports, 1);
     let mut command = backline();
     command
         .arg("play")
         .arg(&show.root)
-        .args(["--output", "jack"])
+        .args(["--output", &format!("jack:{client}")])
         .envs(server.envs());
     let mut ui = PtyChild::spawn(command);
     assert!(
@@ -331,6 +348,7 @@ fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
     let output = backline()
         .arg("rehearse")
         .arg(&show.root)
+        .args(["--output", &format!("jack:{}", player_client().0)])
         .arg("--report")
         .arg(&report)
         .arg("--plot")
@@ -386,5 +404,89 @@ fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
     assert!(
         json["realtime"].as_array().is_some_and(|r| !r.is_empty()),
         "RT state in the report"
+    );
+}
+
+#[test]
+fn a_vanishing_server_is_reported_once_and_does_not_crash_the_player() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+
+    let show = TestShow::new("server-gone");
+    show.tone_song("1", "Long", 440.0, 20.0);
+    show.write(
+        "backline.yaml",
+        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\n",
+    );
+    let server = JackServer::start(RATE, PERIOD);
+    let (client, ports) = player_client();
+    let recorder = Recorder::start(&server, &ports, 1);
+    let mut child = backline()
+        .arg("play")
+        .arg(&show.root)
+        .args(["--output", &format!("jack:{client}")])
+        .envs(server.envs())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run backline");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let stderr = stderr.clone();
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                stderr
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&text);
+            }
+        })
+    };
+    let text = || stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        recorder.wait_connected(Duration::from_secs(20)),
+        "{}",
+        text()
+    );
+    let playing = recorder.frames_so_far() + u64::from(RATE);
+    assert!(wait_until(Duration::from_secs(10), || recorder
+        .frames_so_far()
+        >= playing));
+    server.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || text()
+            .contains("audio device lost")),
+        "the loss is reported: {}",
+        text()
+    );
+    assert!(child.try_wait().expect("poll").is_none(), "still running");
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM ends the player: {}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = reader.join();
+    let _ = recorder.stop();
+    let text = text();
+    assert!(status.success(), "exit {status:?}: {text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert_eq!(
+        text.matches("audio device lost").count(),
+        1,
+        "logged once: {text}"
     );
 }

@@ -1,6 +1,8 @@
 //! The RT rules of DESIGN.md, enforced: the audio callback path (transport, mixer, gain
-//! ramps, song changes, sample-format conversion, real-time promotion) runs under an
-//! allocation guard, so an allocation or free on the audio thread fails CI.
+//! ramps, song changes, sample-format conversion, the planar path JACK uses, real-time
+//! promotion), the beat clock (both its direct and its JACK MIDI lane) and the JACK MIDI
+//! queue the process callback drains run under an allocation guard, so an allocation or free
+//! on a real-time thread fails CI.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -52,7 +54,10 @@ fn audio_callback_never_allocates() {
     let mut callback = AudioCallback::new(transport, status, 4, 48_000, Some(hook), None);
     let mut device_f32 = vec![0.0f32; 256 * 4];
     let mut device_i16 = vec![0i16; 256 * 4];
-    let mut device_i32 = vec![0i32; 256 * 4];
+    // i32 and the planar path share a period's worth of frames per round, so every round
+    // renders 3 × 256 frames as before.
+    let mut device_i32 = vec![0i32; 128 * 4];
+    let mut planar = vec![vec![0.0f32; 128]; 4];
 
     // Built off the RT thread, as the player does.
     let first = song(1, 3, 2, 3000);
@@ -75,6 +80,10 @@ fn audio_callback_never_allocates() {
             callback.render_f32(&mut device_f32);
             callback.render(&mut device_i16);
             callback.render(&mut device_i32);
+            // The JACK backend's path: planar blocks copied to one buffer per port.
+            callback.render_planar(128, 0, |channel, offset, samples| {
+                planar[channel][offset..offset + samples.len()].copy_from_slice(samples);
+            });
             // Song changes happen on the RT thread too: queue, jump, stop, load, play.
             let command = match round {
                 1 => third.take().map(Command::Queue),
@@ -145,6 +154,16 @@ fn clock_thread_never_allocates() {
         RtSettings::default(),
     );
     let (stats, _audio_sender) = StatsCollector::start();
+    let (jack_feed, mut jack_queue) = backline::midi::jack::queue(
+        &MidiOutputConfig {
+            name: "jack".into(),
+            target: MidiTarget::Jack("backline:midi_out".into()),
+            clock: true,
+            midi_file: true,
+            offset_ms: 2.0,
+        },
+        48_000,
+    );
     let (mut commands, commands_rx) = rtrb::RingBuffer::new(16);
     let settings = ClockSettings {
         sample_rate: 48_000,
@@ -152,9 +171,11 @@ fn clock_thread_never_allocates() {
         rt: RtSettings::default(),
         probe: rt::probe().summary(),
         persist_tempo: true,
+        jack_lookahead_frames: 1024,
     };
     let (clock, _trash) = ClockThread::start(
         outputs.slots.clone(),
+        vec![jack_feed],
         audio_clock,
         anchor_reader,
         commands_rx,
@@ -181,9 +202,25 @@ fn clock_thread_never_allocates() {
     // stops, and sends a song-select event. Any allocation there aborts this test.
     let period = std::time::Duration::from_micros(5333);
     let mut frame = 0u64;
+    let mut jack_ticks = 0usize;
+    let mut jack_notes = 0usize;
     for step in 0..450u64 {
         let song_id = 1 + step / 150;
         assert_no_alloc(|| {
+            // What the JACK process callback does with the queue, once per cycle.
+            jack_queue.drain_cycle(
+                frame,
+                256,
+                |_, bytes| {
+                    match bytes[0] {
+                        0xF8 => jack_ticks += 1,
+                        0x90..=0x9F => jack_notes += 1,
+                        _ => {}
+                    }
+                    true
+                },
+                |_, _, _| {},
+            );
             audio_writer.update(frame, backline::engine::callback::monotonic_ns());
             anchor_writer.publish(Anchor {
                 song_id,
@@ -204,4 +241,8 @@ fn clock_thread_never_allocates() {
         .get(backline::stats::Metric::ClockLateness)
         .map_or(0, |h| h.summary().count);
     assert!(ticks > 100, "the clock ticked ({ticks} ticks recorded)");
+    assert!(
+        jack_ticks > 100 && jack_notes > 0,
+        "the JACK lane queued ticks ({jack_ticks}) and notes ({jack_notes})"
+    );
 }

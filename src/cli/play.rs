@@ -9,13 +9,14 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use super::console::{self, ShowStatus, StatusLine, TerminalGuard};
-use crate::engine::output::{self, OutputRequest};
+use crate::engine::jack_output::{self, CycleHook, JackOpen, JackOutput};
+use crate::engine::output::{self, OpenedOutput, OutputRequest};
 use crate::engine::render::{wav_path, RenderSettings, WavRender};
 use crate::engine::Request;
 use crate::engine::{
     transport, AudioCallback, FirstCallbackHook, Player, RunSummary, SongObserver,
 };
-use crate::library::{Diagnostic, Show, Song};
+use crate::library::{Diagnostic, MidiTarget, Show, Song};
 use crate::midi::{
     self, ClockCommand, ClockSettings, ClockSong, ClockThread, ControlAction, Outputs,
 };
@@ -29,6 +30,24 @@ use crate::timing::{AudioClock, TempoMap};
 const WARM_UP_CALLBACKS: u64 = 16;
 /// Least warm-up when a beat clock runs, so its audio-clock estimate has locked.
 const CLOCK_WARM_UP: Duration = Duration::from_secs(1);
+
+/// Least time the JACK MIDI lane queues ahead of the audio (also at least four periods).
+const JACK_MIDI_LOOKAHEAD: Duration = Duration::from_millis(30);
+
+/// The audio output chosen before songs are prepared.
+enum Chosen {
+    Cpal(output::ChosenOutput),
+    Jack(JackOpen),
+}
+
+impl Chosen {
+    fn opened(&self) -> &OpenedOutput {
+        match self {
+            Chosen::Cpal(c) => &c.opened,
+            Chosen::Jack(j) => &j.opened,
+        }
+    }
+}
 
 /// Options of `backline play`.
 #[derive(Debug, Clone, Default)]
@@ -249,22 +268,30 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     };
     let chosen = match &wav {
         Some(_) => None,
-        None => match output::choose(&request) {
-            Ok(chosen) => Some(chosen),
-            Err(e) => {
-                error!("{e}");
-                return 1;
+        None => {
+            let result = match jack_output::client_name(&device) {
+                Some(name) => {
+                    jack_output::open(name, request.channels, request.sample_rate).map(Chosen::Jack)
+                }
+                None => output::choose(&request).map(Chosen::Cpal),
+            };
+            match result {
+                Ok(chosen) => Some(chosen),
+                Err(e) => {
+                    error!("{e}");
+                    return 1;
+                }
             }
-        },
+        }
     };
     if options.speed.is_some() && wav.is_none() {
         warn!("--speed only applies to `--output wav:PATH`; a device plays in real time");
     }
     let (rate, channels, description) = match &chosen {
         Some(c) => (
-            c.opened.sample_rate,
-            c.opened.channels,
-            c.opened.description.clone(),
+            c.opened().sample_rate,
+            c.opened().channels,
+            c.opened().description.clone(),
         ),
         None => (request.sample_rate, request.channels, device.clone()),
     };
@@ -290,8 +317,38 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     let (stats, timing_tx) = StatsCollector::start();
     let (audio_clock_writer, audio_clock) = AudioClock::new(rate);
     let mut clock = None;
+    let mut jack_midi = None;
     if !show.config.midi.outputs.is_empty() {
         let outputs = Outputs::open(&show.config.midi.outputs, settings);
+        let feeds = match &chosen {
+            Some(Chosen::Jack(open)) => {
+                let mut ports = midi::jack::register(
+                    open.client(),
+                    open.requested_name(),
+                    &show.config.midi.outputs,
+                    stats.sender(),
+                );
+                let feeds = std::mem::take(&mut ports.feeds);
+                jack_midi = Some(ports);
+                feeds
+            }
+            _ => {
+                for config in &show.config.midi.outputs {
+                    if matches!(config.target, MidiTarget::Jack(_)) {
+                        warn!(
+                            "MIDI output `{}`: a `jack:` output is a port of the JACK audio output, which this run does not use (`audio.device: jack` or `--output jack`); the show plays without it",
+                            config.name
+                        );
+                    }
+                }
+                Vec::new()
+            }
+        };
+        let period = chosen
+            .as_ref()
+            .and_then(|c| c.opened().buffer_size)
+            .unwrap_or(show.config.audio.buffer_size);
+        let lookahead_min = (JACK_MIDI_LOOKAHEAD.as_secs_f64() * f64::from(rate)) as u32;
         let (commands_tx, commands_rx) = rtrb::RingBuffer::new(64);
         let settings = ClockSettings {
             sample_rate: rate,
@@ -299,9 +356,11 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             rt: settings,
             probe,
             persist_tempo: show.config.midi.persist_tempo,
+            jack_lookahead_frames: (4 * period).max(lookahead_min),
         };
         match ClockThread::start(
             outputs.slots.clone(),
+            feeds,
             audio_clock,
             anchor_reader,
             commands_rx,
@@ -338,6 +397,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     // Keep the output alive for the whole run.
     enum Running {
         Device(output::CpalOutput),
+        Jack(JackOutput),
         Wav(WavRender),
     }
     let running = match (&wav, chosen) {
@@ -360,8 +420,15 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             )
             .map(Running::Wav)
         }
-        (None, Some(chosen)) => {
+        (None, Some(Chosen::Cpal(chosen))) => {
             output::start(chosen, callback, status.clone()).map(Running::Device)
+        }
+        (None, Some(Chosen::Jack(open))) => {
+            let hook = jack_midi
+                .as_mut()
+                .and_then(|ports| ports.sink.take())
+                .map(|sink| Box::new(sink) as Box<dyn CycleHook>);
+            jack_output::start(open, callback, hook, status.clone()).map(Running::Jack)
         }
         (None, None) => Err("no output chosen".to_string()),
     };
@@ -374,8 +441,19 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     };
     let opened = match &running {
         Running::Device(d) => d.opened.clone(),
+        Running::Jack(j) => j.opened.clone(),
         Running::Wav(w) => w.opened.clone(),
     };
+    if let (Running::Jack(jack), Some(ports)) = (&running, &jack_midi) {
+        for (own, destination) in &ports.connections {
+            let connected = jack
+                .client()
+                .map(|client| client.connect_ports_by_name(own, destination));
+            if let Some(Err(e)) = connected {
+                warn!("JACK MIDI: cannot connect {own} to {destination} ({e}); connect it with any JACK patchbay");
+            }
+        }
+    }
     info!(
         "output {}: {} channels, {} Hz, {} frames/period, {}",
         opened.description,
@@ -493,6 +571,17 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             // Let the last buffers reach the speakers before closing the device.
             std::thread::sleep(Duration::from_millis(100));
             drop(device);
+        }
+        Running::Jack(jack) => {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(jack);
+        }
+    }
+    for (name, counters) in jack_midi.iter().flat_map(|ports| ports.counters.iter()) {
+        let late = counters.late.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = counters.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        if late > 0 || dropped > 0 {
+            warn!("JACK MIDI output `{name}`: {late} messages late (sent at the start of a later cycle), {dropped} dropped");
         }
     }
     let xruns = status.xruns.load(std::sync::atomic::Ordering::Relaxed);

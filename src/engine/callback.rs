@@ -1,5 +1,5 @@
 //! The audio callback shared by every output backend: runs the transport into a scratch
-//! buffer, converts to the device's sample format, measures its own timing, and promotes its
+//! buffer, converts to the device's sample format (or hands planar blocks to JACK), measures its own timing, and promotes its
 //! thread to real-time priority on the first call.
 
 use std::sync::atomic::Ordering;
@@ -71,9 +71,45 @@ impl AudioCallback {
         self.audio_clock = Some(writer);
     }
 
+    /// Device frame of the first frame the next render produces (the frame counter the
+    /// transport's song anchor and the beat clock use).
+    pub fn device_frame(&self) -> u64 {
+        self.device_frame
+    }
+
+    /// Renders `frames` frames in planar form for a backend with one buffer per channel
+    /// (JACK): `write(channel, offset, samples)` copies each block of each channel to the
+    /// device. `cycle_time_ns` is when the backend says this cycle's first frame was taken
+    /// (CLOCK_MONOTONIC), which feeds the audio clock instead of the callback's entry time.
+    /// Returns where the set ended, if it did. Real-time safe.
+    pub fn render_planar(
+        &mut self,
+        frames: usize,
+        cycle_time_ns: u64,
+        mut write: impl FnMut(usize, usize, &[f32]),
+    ) -> Processed {
+        let start = self.begin(frames, Some(cycle_time_ns));
+        let mut set_ended_at = None;
+        let mut done = 0;
+        while done < frames {
+            let block = (frames - done).min(MAX_BLOCK_FRAMES);
+            let processed = self.transport.process(&mut self.scratch, block);
+            for channel in 0..self.channels {
+                write(channel, done, self.scratch.channel(channel, 0, block));
+            }
+            if let (None, Some(at)) = (set_ended_at, processed.set_ended_at) {
+                set_ended_at = Some(done + at);
+            }
+            done += block;
+        }
+        self.end(start, frames);
+        Processed { set_ended_at }
+    }
+
     /// Renders straight into an f32 buffer. Returns where the set ended, if it did.
     pub fn render_f32(&mut self, output: &mut [f32]) -> Processed {
-        let start = self.begin(output.len());
+        let frames = output.len() / self.channels;
+        let start = self.begin(frames, None);
         let mut set_ended_at = None;
         let mut done = 0;
         for block in output.chunks_mut(MAX_BLOCK_FRAMES * self.channels) {
@@ -85,22 +121,25 @@ impl AudioCallback {
             }
             done += frames;
         }
-        self.end(start, output.len());
+        self.end(start, frames);
         Processed { set_ended_at }
     }
 
     /// Renders into a device buffer of any sample format cpal supports.
     pub fn render<T: Sample + FromSample<f32>>(&mut self, output: &mut [T]) {
-        let start = self.begin(output.len());
+        let frames = output.len() / self.channels;
+        let start = self.begin(frames, None);
         for block in output.chunks_mut(MAX_BLOCK_FRAMES * self.channels) {
             let frames = block.len() / self.channels;
             self.transport.process(&mut self.scratch, frames);
             self.scratch.interleave_into(frames, block, T::from_sample);
         }
-        self.end(start, output.len());
+        self.end(start, frames);
     }
 
-    fn begin(&mut self, samples: usize) -> u64 {
+    /// Start of a callback of `frames` frames: RT promotion on the first call, the audio
+    /// clock (fed `clock_ns`, or the entry time when the backend has no better one), xruns.
+    fn begin(&mut self, frames: usize, clock_ns: Option<u64>) -> u64 {
         if !self.first_call_done {
             self.first_call_done = true;
             if let Some(hook) = self.on_first_call.as_mut() {
@@ -109,10 +148,10 @@ impl AudioCallback {
         }
         let now = monotonic_ns();
         if let Some(clock) = self.audio_clock.as_mut() {
-            clock.update(self.device_frame, now);
+            clock.update(self.device_frame, clock_ns.unwrap_or(now));
         }
-        self.device_frame += (samples / self.channels) as u64;
-        let period_ns = self.period_ns(samples);
+        self.device_frame += frames as u64;
+        let period_ns = self.period_ns(frames);
         if self.last_start_ns != 0 {
             let interval = now.saturating_sub(self.last_start_ns) as i64;
             // A callback more than half a period late means the device ran dry.
@@ -129,8 +168,8 @@ impl AudioCallback {
         now
     }
 
-    fn end(&mut self, start: u64, samples: usize) {
-        let period_ns = self.period_ns(samples);
+    fn end(&mut self, start: u64, frames: usize) {
+        let period_ns = self.period_ns(frames);
         if let Some(timings) = self.timings.as_mut() {
             timings.set_song(self.status.song_tag.load(Ordering::Relaxed));
             if self.last_start_ns != 0 {
@@ -145,8 +184,7 @@ impl AudioCallback {
         self.last_start_ns = start;
     }
 
-    fn period_ns(&self, samples: usize) -> i64 {
-        let frames = (samples / self.channels) as i64;
-        frames * 1_000_000_000 / i64::from(self.sample_rate.max(1))
+    fn period_ns(&self, frames: usize) -> i64 {
+        frames as i64 * 1_000_000_000 / i64::from(self.sample_rate.max(1))
     }
 }

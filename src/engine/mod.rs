@@ -1,7 +1,8 @@
 //! The engine: transport state machine, routing and gains, the mixer callback, and the
-//! output backends (cpal devices and the real-time WAV render).
+//! output backends (cpal devices, native JACK and the real-time WAV render).
 
 pub mod callback;
+pub mod jack_output;
 pub mod mixer;
 pub mod output;
 pub mod player;

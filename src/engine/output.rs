@@ -1,6 +1,6 @@
-//! Audio outputs through cpal: ALSA by default, JACK when the device is `jack` (or a
-//! `jack:` prefix). Picks channels, rate, buffer size and sample format (f32, i32, i16) the
-//! device supports, and lists devices for `backline devices`.
+//! Audio outputs through cpal (ALSA): picks channels, rate, buffer size and sample format
+//! (f32, i32, i16) the device supports, and lists devices for `backline devices`. JACK has
+//! its own backend (`engine::jack_output`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,10 +44,6 @@ pub struct CpalOutput {
     _stream: cpal::Stream,
     /// What was opened.
     pub opened: OpenedOutput,
-}
-
-fn is_jack(name: &str) -> bool {
-    name == "jack"
 }
 
 /// A device and the stream config chosen for it, not yet started.
@@ -147,9 +143,6 @@ pub fn choose(request: &OutputRequest) -> Result<ChosenOutput, String> {
 }
 
 fn find_device(wanted: &str) -> Result<(String, cpal::Device), String> {
-    if is_jack(wanted) {
-        return jack_device();
-    }
     let host = cpal::default_host();
     let host_name = host.id().name().to_string();
     if wanted == "default" || wanted.is_empty() {
@@ -185,25 +178,6 @@ fn find_device(wanted: &str) -> Result<(String, cpal::Device), String> {
             }
         )),
     }
-}
-
-/// The JACK output. cpal 0.15 names its client `cpal_client_out` (its
-/// `output_device_with_name` ignores the name) with ports `out_0`, `out_1`, …, and connects
-/// them to the system playback ports; re-patch freely with any JACK tool.
-#[cfg(feature = "jack")]
-fn jack_device() -> Result<(String, cpal::Device), String> {
-    let mut host = cpal::platform::JackHost::new()
-        .map_err(|_| "the JACK host is not available".to_string())?;
-    host.set_connect_automatically(true);
-    let device = host
-        .default_output_device()
-        .ok_or_else(|| "cannot connect to a JACK server: is jackd running (and JACK_DEFAULT_SERVER set if it has a name)?".to_string())?;
-    Ok(("jack".into(), cpal::Device::from(device)))
-}
-
-#[cfg(not(feature = "jack"))]
-fn jack_device() -> Result<(String, cpal::Device), String> {
-    Err("this build has no JACK support (built without the `jack` feature)".into())
 }
 
 /// Opens the device and starts the callback on it.
@@ -291,13 +265,6 @@ pub fn list_devices() -> Vec<String> {
     let mut lines = Vec::new();
     for host_id in cpal::available_hosts() {
         let host_name = host_id.name().to_string();
-        if host_name.eq_ignore_ascii_case("jack") {
-            match jack_device() {
-                Ok((_, device)) => lines.push(describe_device("jack", &device, true)),
-                Err(e) => lines.push(format!("jack: (unavailable: {e})")),
-            }
-            continue;
-        }
         let Ok(host) = cpal::host_from_id(host_id) else {
             lines.push(format!("{host_name}: (unavailable)"));
             continue;
@@ -318,6 +285,7 @@ pub fn list_devices() -> Vec<String> {
             Err(e) => lines.push(format!("{host_name}: (cannot list devices: {e})")),
         }
     }
+    lines.push(super::jack_output::describe_server());
     lines
 }
 

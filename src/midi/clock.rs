@@ -4,12 +4,20 @@
 //! clock, so MIDI follows the interface's crystal and never accumulates drift. The thread
 //! sleeps with `clock_nanosleep(TIMER_ABSTIME)` until shortly before a deadline, spins the
 //! rest, writes, and records its lateness. The hot loop follows DESIGN.md's RT rules.
+//!
+//! JACK MIDI outputs take a second lane through the same song: instead of waiting for each
+//! deadline, every pass of the loop queues what falls within the next
+//! `jack_lookahead_frames` device frames, tagged with its device frame (song start frame +
+//! the tempo map's frame + the output's offset, no time conversion), and the JACK process
+//! callback writes it at its exact offset in the cycle (see `midi::jack`). A stop cancels
+//! what was queued ahead.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use super::file::MidiSchedule;
+use super::jack::{JackMidiFeed, Stream};
 use super::output::OutputSlot;
 use crate::engine::callback::monotonic_ns;
 use crate::rt::{self, ProbeSummary, Role, RtSettings};
@@ -71,6 +79,9 @@ pub struct ClockSettings {
     pub probe: ProbeSummary,
     /// Keep sending Timing Clock at the last tempo while no song plays.
     pub persist_tempo: bool,
+    /// How far ahead of the audio the JACK MIDI lane queues messages, in device frames (a
+    /// few periods: more than the clock thread's longest sleep plus one cycle).
+    pub jack_lookahead_frames: u32,
 }
 
 /// The running clock thread.
@@ -80,15 +91,24 @@ pub struct ClockThread {
     heartbeat: Arc<AtomicU64>,
 }
 
-/// Per-song play state inside the hot loop (plain values, no allocation).
-struct Playing {
-    slot: usize,
-    start_frame: i64,
+/// Where one lane is in the current song.
+#[derive(Clone, Copy, Default)]
+struct Cursor {
     next_tick: u64,
     next_event: usize,
     started: bool,
     /// Deadline and tempo of the last tick sent, where a free run continues from.
     last_tick: Option<(u64, f64)>,
+}
+
+/// Per-song play state inside the hot loop (plain values, no allocation).
+struct Playing {
+    slot: usize,
+    start_frame: i64,
+    /// The lane that writes at each deadline (descriptor outputs).
+    direct: Cursor,
+    /// The lane that queues ahead for JACK MIDI outputs.
+    jack: Cursor,
 }
 
 /// The clock running on at the last song's tempo while no song plays (`persist_tempo`).
@@ -101,6 +121,7 @@ struct FreeRun {
 
 struct Clock {
     outputs: Vec<Arc<OutputSlot>>,
+    jack: Vec<JackMidiFeed>,
     audio: AudioClock,
     anchor: AnchorReader,
     commands: rtrb::Consumer<ClockCommand>,
@@ -108,6 +129,7 @@ struct Clock {
     songs: [Option<Box<ClockSong>>; SONG_SLOTS],
     playing: Option<Playing>,
     free: Option<FreeRun>,
+    free_jack: Option<FreeRun>,
     current_id: u64,
     stats: SampleSender,
     settings: ClockSettings,
@@ -117,8 +139,10 @@ struct Clock {
 impl ClockThread {
     /// Starts the thread; it promotes itself to SCHED_FIFO at the clock priority. Also
     /// returns the ring of songs the thread is done with, to be dropped on a normal thread.
+    /// `outputs` are written at each deadline; `jack` outputs are fed ahead with device frames.
     pub fn start(
         outputs: Vec<Arc<OutputSlot>>,
+        jack: Vec<JackMidiFeed>,
         audio: AudioClock,
         anchor: AnchorReader,
         commands: rtrb::Consumer<ClockCommand>,
@@ -130,6 +154,7 @@ impl ClockThread {
         let heartbeat = Arc::new(AtomicU64::new(0));
         let mut clock = Clock {
             outputs,
+            jack,
             audio,
             anchor,
             commands,
@@ -137,6 +162,7 @@ impl ClockThread {
             songs: Default::default(),
             playing: None,
             free: None,
+            free_jack: None,
             current_id: 0,
             stats,
             settings,
@@ -202,6 +228,7 @@ impl Clock {
             self.handle_commands();
             self.follow_anchor();
             let now = monotonic_ns();
+            self.pump_jack(now);
             let Some((deadline, is_tick)) = self.next_deadline() else {
                 sleep_until_ns(now + MAX_SLEEP_NS);
                 continue;
@@ -255,9 +282,7 @@ impl Clock {
                     }
                 }
                 ClockCommand::SendNow(bytes, len) => {
-                    for output in self.outputs.iter().filter(|o| o.midi_file) {
-                        output.write(&bytes[..usize::from(len)]);
-                    }
+                    self.write_now(Stream::File, &bytes[..usize::from(len)]);
                 }
             }
         }
@@ -314,16 +339,16 @@ impl Clock {
         self.current_id = anchor.song_id;
         // The new song's own Start and ticks take over from a free-running clock.
         self.free = None;
+        if self.free_jack.take().is_some_and(|free| free.sent > 0) {
+            // Free-running ticks queued ahead of the new song must not play. (A Stop queued
+            // by `stop_song` in this same pass has no free ticks after it yet: it stays.)
+            for feed in &mut self.jack {
+                feed.cancel_pending();
+            }
+        }
         let tag = self.songs[slot].as_ref().map_or(0, |s| s.song_tag);
         self.stats.set_song(tag);
-        let mut playing = Playing {
-            slot,
-            start_frame: anchor.start_frame,
-            next_tick: 0,
-            next_event: 0,
-            started: false,
-            last_tick: None,
-        };
+        let mut cursor = Cursor::default();
         // Joining late (the song started before this thread saw it): resume from where the
         // song is, with Song Position Pointer + Continue, rather than a burst of old ticks.
         let now_frame = self
@@ -335,44 +360,77 @@ impl Clock {
         // A few milliseconds late is the normal case (the song started in the last audio
         // period): play everything from the top, slightly late, rather than skip.
         let joined_late = seconds > LATE_JOIN_SECONDS;
+        // Song Position Pointer (when it can say where) and Continue, sent after the look.
+        let mut resume: Option<Option<[u8; 3]>> = None;
         if let Some(song) = self.songs[slot].as_ref().filter(|_| joined_late) {
             if let Some(tempo) = &song.tempo {
                 let beat = tempo.beat_at_seconds(seconds);
                 if beat > 1.0 / PPQN {
                     // The next sixteenth at or after now: no burst of late ticks.
                     let sixteenths = (beat * 4.0).ceil();
-                    if sixteenths <= 16383.0 {
-                        let s = sixteenths as u16;
-                        let spp = [SONG_POSITION, (s & 0x7f) as u8, (s >> 7) as u8];
-                        self.write_clock(&spp);
-                    }
                     // Beyond 1024 bars SPP cannot say where: Continue from the next tick.
-                    self.write_clock(&[CONTINUE]);
-                    playing.started = true;
-                    playing.next_tick = (sixteenths / 4.0 * PPQN).ceil() as u64;
+                    resume = Some((sixteenths <= 16383.0).then(|| {
+                        let s = sixteenths as u16;
+                        [SONG_POSITION, (s & 0x7f) as u8, (s >> 7) as u8]
+                    }));
+                    cursor.started = true;
+                    cursor.next_tick = (sixteenths / 4.0 * PPQN).ceil() as u64;
                 }
             }
             if let Some(schedule) = &song.schedule {
-                playing.next_event = schedule.first_index_at_or_after(seconds);
+                cursor.next_event = schedule.first_index_at_or_after(seconds);
             }
         }
-        self.playing = Some(playing);
+        if let Some(spp) = resume {
+            if let Some(spp) = spp {
+                self.write_now(Stream::Clock, &spp);
+            }
+            self.write_now(Stream::Clock, &[CONTINUE]);
+        }
+        self.playing = Some(Playing {
+            slot,
+            start_frame: anchor.start_frame,
+            direct: cursor,
+            jack: cursor,
+        });
     }
 
     fn stop_song(&mut self) {
         let Some(playing) = self.playing.take() else {
             return;
         };
-        if playing.started {
+        if playing.direct.started {
             self.write_clock(&[STOP]);
+        }
+        // What the JACK lane queued ahead of the stop must not play.
+        for feed in &mut self.jack {
+            feed.cancel_pending();
+            if playing.jack.started && feed.clock {
+                feed.push(None, Stream::Clock, &[STOP]);
+            }
         }
         // Free-running ticks belong to no song.
         self.stats.set_song(0);
         if self.settings.persist_tempo {
-            if let Some((from, bpm)) = playing.last_tick.filter(|(_, bpm)| *bpm > 0.0) {
+            if let Some((from, bpm)) = playing.direct.last_tick.filter(|(_, bpm)| *bpm > 0.0) {
                 self.free = Some(FreeRun {
                     from,
                     interval_ns: 60e9 / (bpm * PPQN),
+                    sent: 0,
+                });
+            }
+            if let Some((from, bpm)) = playing.jack.last_tick.filter(|(_, bpm)| *bpm > 0.0) {
+                // The ticks queued ahead were just cancelled: run on from the last tick at
+                // or before now, in the same phase.
+                let interval_ns = 60e9 / (bpm * PPQN);
+                let now = monotonic_ns() as f64;
+                let mut from = from as f64;
+                if from > now {
+                    from -= ((from - now) / interval_ns).ceil() * interval_ns;
+                }
+                self.free_jack = Some(FreeRun {
+                    from: from.max(0.0) as u64,
+                    interval_ns,
                     sent: 0,
                 });
             }
@@ -382,10 +440,8 @@ impl Clock {
             .and_then(|s| s.schedule.as_ref())
         {
             let channels = schedule.channels_used;
-            for output in self.outputs.iter().filter(|o| o.midi_file) {
-                for message in super::file::all_notes_off(channels) {
-                    output.write(&message);
-                }
+            for message in super::file::all_notes_off(channels) {
+                self.write_now(Stream::File, &message);
             }
         }
         self.current_id = 0;
@@ -401,8 +457,12 @@ impl Clock {
         self.audio.time_of_frame(frame.round() as u64)
     }
 
-    /// The earliest pending deadline: (time, is it a clock tick).
+    /// The earliest pending deadline of the direct lane: (time, is it a clock tick).
     fn next_deadline(&self) -> Option<(u64, bool)> {
+        if self.outputs.is_empty() {
+            // JACK outputs only: nothing waits for a deadline.
+            return None;
+        }
         let Some(playing) = self.playing.as_ref() else {
             return self
                 .free
@@ -411,12 +471,12 @@ impl Clock {
         };
         let song = self.songs[playing.slot].as_ref()?;
         let tick = song.tempo.as_ref().and_then(|tempo| {
-            let seconds = tempo.seconds_at_beat(playing.next_tick as f64 / PPQN);
+            let seconds = tempo.seconds_at_beat(playing.direct.next_tick as f64 / PPQN);
             self.deadline_of(playing.start_frame, seconds)
                 .map(|t| offset(t, self.clock_offset()))
         });
         let event = song.schedule.as_ref().and_then(|schedule| {
-            let event = schedule.events.get(playing.next_event)?;
+            let event = schedule.events.get(playing.direct.next_event)?;
             self.deadline_of(playing.start_frame, event.seconds)
                 .map(|t| offset(t, self.file_offset()))
         });
@@ -454,17 +514,17 @@ impl Clock {
             }
             return;
         };
-        let first = !playing.started;
-        let beat = playing.next_tick as f64 / PPQN;
+        let first = !playing.direct.started;
+        let beat = playing.direct.next_tick as f64 / PPQN;
         let bpm = self.songs[playing.slot]
             .as_ref()
             .and_then(|s| s.tempo.as_ref())
             .map_or(120.0, |tempo| {
                 tempo.bpm_at_seconds(tempo.seconds_at_beat(beat))
             });
-        playing.started = true;
-        playing.next_tick += 1;
-        playing.last_tick = Some((deadline, bpm));
+        playing.direct.started = true;
+        playing.direct.next_tick += 1;
+        playing.direct.last_tick = Some((deadline, bpm));
         if first {
             self.write_clock(&[START, TIMING_CLOCK]);
         } else {
@@ -479,12 +539,12 @@ impl Clock {
         let Some(event) = self.songs[playing.slot]
             .as_ref()
             .and_then(|s| s.schedule.as_ref())
-            .and_then(|s| s.events.get(playing.next_event))
+            .and_then(|s| s.events.get(playing.direct.next_event))
             .copied()
         else {
             return;
         };
-        playing.next_event += 1;
+        playing.direct.next_event += 1;
         for output in self.outputs.iter().filter(|o| o.midi_file) {
             output.write(&event.bytes[..usize::from(event.len)]);
         }
@@ -495,6 +555,117 @@ impl Clock {
             output.write(bytes);
         }
     }
+
+    /// Sends at once on both lanes (JACK: at the start of the next cycle).
+    fn write_now(&mut self, stream: Stream, bytes: &[u8]) {
+        let wanted = |o: &OutputSlot| match stream {
+            Stream::Clock => o.clock,
+            Stream::File => o.midi_file,
+        };
+        for output in self.outputs.iter().filter(|o| wanted(o)) {
+            output.write(bytes);
+        }
+        for feed in self.jack.iter_mut().filter(|f| f.carries(stream)) {
+            feed.push(None, stream, bytes);
+        }
+    }
+
+    /// The JACK lane: queues every tick and MIDI-file event (merged in frame order) whose
+    /// device frame falls before now + the lookahead, or free-running ticks between songs.
+    fn pump_jack(&mut self, now: u64) {
+        if self.jack.is_empty() {
+            return;
+        }
+        let Some(now_frame) = self.audio.frame_at_time(now) else {
+            return;
+        };
+        let horizon = now_frame as i64 + i64::from(self.settings.jack_lookahead_frames);
+        // The earliest any output needs a message (a negative offset sends early).
+        let lead = self.jack.iter().map(|f| f.offset_frames).min().unwrap_or(0);
+        let rate = f64::from(self.settings.sample_rate);
+        let Some(playing) = self.playing.as_mut() else {
+            self.pump_free_jack(horizon - lead);
+            return;
+        };
+        let Some(song) = self.songs[playing.slot].as_ref() else {
+            return;
+        };
+        let cursor = &mut playing.jack;
+        while self.jack.iter().all(|f| f.has_room(4)) {
+            let tick = song.tempo.as_ref().map(|tempo| {
+                let seconds = tempo.seconds_at_beat(cursor.next_tick as f64 / PPQN);
+                (frame_of(playing.start_frame, seconds, rate), tempo, seconds)
+            });
+            let event = song.schedule.as_ref().and_then(|schedule| {
+                let event = schedule.events.get(cursor.next_event)?;
+                Some((frame_of(playing.start_frame, event.seconds, rate), *event))
+            });
+            let tick_first = match (&tick, &event) {
+                (Some((tick_frame, ..)), Some((event_frame, _))) => tick_frame <= event_frame,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            match (tick, event) {
+                (Some((frame, tempo, seconds)), _) if tick_first => {
+                    if frame + lead >= horizon {
+                        break;
+                    }
+                    let bytes: &[u8] = if cursor.started {
+                        &[TIMING_CLOCK]
+                    } else {
+                        &[START, TIMING_CLOCK]
+                    };
+                    for feed in self.jack.iter_mut().filter(|f| f.clock) {
+                        feed.push(Some(frame), Stream::Clock, bytes);
+                    }
+                    cursor.started = true;
+                    cursor.next_tick += 1;
+                    let time = self.audio.time_of_frame(frame.max(0) as u64).unwrap_or(now);
+                    cursor.last_tick = Some((time, tempo.bpm_at_seconds(seconds)));
+                }
+                (_, Some((frame, event))) => {
+                    if frame + lead >= horizon {
+                        break;
+                    }
+                    for feed in self.jack.iter_mut().filter(|f| f.midi_file) {
+                        feed.push(
+                            Some(frame),
+                            Stream::File,
+                            &event.bytes[..usize::from(event.len)],
+                        );
+                    }
+                    cursor.next_event += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Free-running JACK ticks (`persist_tempo`) before device frame `until`.
+    fn pump_free_jack(&mut self, until: i64) {
+        let Some(free) = self.free_jack.as_mut() else {
+            return;
+        };
+        while self.jack.iter().all(|f| f.has_room(2)) {
+            let time = free.from + ((free.sent + 1) as f64 * free.interval_ns) as u64;
+            let Some(frame) = self.audio.frame_at_time(time) else {
+                return;
+            };
+            let frame = frame as i64;
+            if frame >= until {
+                return;
+            }
+            for feed in self.jack.iter_mut().filter(|f| f.clock) {
+                feed.push(Some(frame), Stream::Clock, &[TIMING_CLOCK]);
+            }
+            free.sent += 1;
+        }
+    }
+}
+
+/// Device frame of a song-relative second, for a song whose frame 0 is `start_frame`.
+fn frame_of(start_frame: i64, seconds: f64, rate: f64) -> i64 {
+    (start_frame as f64 + seconds * rate).round() as i64
 }
 
 fn offset(time: u64, offset_ns: i64) -> u64 {

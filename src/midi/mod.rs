@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod file;
+pub mod jack;
 pub mod output;
 pub mod port;
 

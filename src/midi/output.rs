@@ -83,11 +83,16 @@ pub struct Outputs {
 
 impl Outputs {
     /// Opens what can be opened now; each output that cannot is one warning at start and is
-    /// retried in the background (250 ms doubling to 5 s) until it appears.
+    /// retried in the background (250 ms doubling to 5 s) until it appears. `jack:` outputs
+    /// are not here: they are ports on the JACK output's client (`midi::jack`).
     pub fn open(configs: &[MidiOutputConfig], rt_settings: RtSettings) -> Outputs {
         let mut slots = Vec::new();
         let mut openers: Vec<(Arc<OutputSlot>, String, Opener)> = Vec::new();
         for config in configs {
+            if matches!(config.target, MidiTarget::Jack(_)) {
+                // A port on the JACK output's own client: see `midi::jack`.
+                continue;
+            }
             let offset_ns = (config.offset_ms * 1e6) as i64;
             let slot = Arc::new(OutputSlot {
                 name: config.name.clone(),
@@ -125,7 +130,7 @@ impl Outputs {
                         None,
                     ),
                 },
-                MidiTarget::Jack(port) => (format!("JACK MIDI {port}"), None),
+                MidiTarget::Jack(_) => continue,
             };
             match opener {
                 Some(opener) => {

@@ -30,8 +30,6 @@
 //!   /dev/shm/jack_<client>_<uid>_0, so two processes opening same-named clients on different
 //!   servers at the same moment can cross-wire. Use [`unique_client_name`] for anything that may
 //!   open concurrently with another test process (e.g. `backline --output jack:NAME`). cpal's
-//!   `JackHost::new()` always opens/closes `cpal_client_in`/`cpal_client_out` too -- a small
-//!   residual race only when several test *processes* start players at the same instant.
 //! * jack2 has 8 server slots per machine in /dev/shm/jack-shm-registry; a SIGKILLed jackd keeps
 //!   its slot (and a ~100 MB shm segment) forever. [`reclaim_dead_jack_servers`] frees them
 //!   (after `kill()` and before every start).
@@ -44,8 +42,8 @@
 //!
 //! ```ignore
 //! let server = JackServer::start(48_000, 256);
-//! let name = unique_client_name("backline");            // cpal adds "_out"
-//! let rec = Recorder::start(&server, &format!("{name}_out:out_"), 2);
+//! let name = unique_client_name("backline");
+//! let rec = Recorder::start(&server, &format!("{name}:out_"), 2);
 //! let mut cmd = Command::new(env!("CARGO_BIN_EXE_backline"));
 //! cmd.args(["play", show_dir, "--output", &format!("jack:{name}")]).envs(server.envs());
 //! let mut ui = PtyChild::spawn(cmd);
@@ -250,7 +248,7 @@ static CLIENT_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// `"{base}-{pid}-{n}"`: a JACK client name no other process uses. Give every client that may
 /// open while another test process opens one (the player under test: `--output jack:NAME`, whose
-/// ports are then `NAME_out:out_0..` with cpal) such a name. jack2 binds each client's
+/// ports are then `NAME:out_1..`) such a name. jack2 binds each client's
 /// notification socket at /dev/shm/jack_<client>_<uid>_0 -- NOT per server -- so two processes
 /// opening same-named clients on different servers at the same moment can cross-wire (seen here
 /// as "NotifyAddClient new_client fails" / broken pipe). Never reuse a server's name either: the
@@ -838,6 +836,25 @@ pub struct Recording {
     pub gaps: Vec<(usize, i64)>,
     /// The server shut the recorder down (e.g. after `JackServer::kill`).
     pub server_shut_down: bool,
+    /// MIDI events received on the MIDI input (see [`Recorder::start_with_midi`]), in order.
+    pub midi: Vec<MidiCapture>,
+}
+
+/// One MIDI event a [`Recorder`] received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MidiCapture {
+    /// Absolute JACK frame time: the cycle's `last_frame_time` + the event's offset in it.
+    pub frame_time: u32,
+    /// Offset of the event inside its cycle.
+    pub offset: u32,
+    pub len: u8,
+    pub bytes: [u8; 3],
+}
+
+impl MidiCapture {
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl Recording {
@@ -858,6 +875,19 @@ impl Recording {
     pub fn index_at(&self, secs: f64) -> usize {
         (secs * self.sample_rate as f64).round().max(0.0) as usize
     }
+
+    /// Absolute JACK frame time of sample `index` (first frame time + index + every gap
+    /// before it), comparable with [`MidiCapture::frame_time`].
+    pub fn frame_time_at(&self, index: usize) -> Option<u32> {
+        let shift: i64 = self
+            .gaps
+            .iter()
+            .filter(|&&(at, _)| at <= index)
+            .map(|&(_, frames)| frames)
+            .sum();
+        self.first_frame_time
+            .map(|first| (i64::from(first) + index as i64 + shift) as u32)
+    }
 }
 
 struct RecShared {
@@ -877,6 +907,8 @@ struct RecShared {
 struct RecProcess {
     ports: Vec<jack::Port<jack::AudioIn>>,
     producers: Vec<rtrb::Producer<f32>>,
+    midi_in: Option<jack::Port<jack::MidiIn>>,
+    midi: rtrb::Producer<MidiCapture>,
     gaps: rtrb::Producer<(u64, i64)>,
     /// Frame time expected at the next cycle (u64::MAX before the first one).
     next_frame_time: u64,
@@ -905,6 +937,19 @@ impl jack::ProcessHandler for RecProcess {
             let _ = self.gaps.push((at, delta));
         }
         self.next_frame_time = now.wrapping_add(n as u32) as u64;
+        if let Some(port) = self.midi_in.as_ref() {
+            for event in port.iter(ps) {
+                let len = event.bytes.len().min(3);
+                let mut bytes = [0u8; 3];
+                bytes[..len].copy_from_slice(&event.bytes[..len]);
+                let _ = self.midi.push(MidiCapture {
+                    frame_time: now.wrapping_add(event.time),
+                    offset: event.time,
+                    len: len as u8,
+                    bytes,
+                });
+            }
+        }
         // Keep channels aligned: write either all of them or none.
         if self.producers.iter().any(|p| p.slots() < n) {
             self.shared
@@ -939,11 +984,11 @@ impl jack::NotificationHandler for RecNotify {
 }
 
 type RecClient = jack::AsyncClient<RecNotify, RecProcess>;
-/// Per-channel samples and gaps, returned by the drain thread.
-type DrainResult = (Vec<Vec<f32>>, Vec<(usize, i64)>);
+/// Per-channel samples, gaps and MIDI events, returned by the drain thread.
+type DrainResult = (Vec<Vec<f32>>, Vec<(usize, i64)>, Vec<MidiCapture>);
 
 /// An in-process JACK client that records `channels` audio inputs (`in_1..in_N`), connecting
-/// `"{prefix}{i}"` -> `in_{i+1}` (i = 0..N-1) whenever that source port exists and is not yet
+/// `"{prefix}{i}"` -> `in_{i}` (i = 1..=N, like the player's `out_1..`) whenever that source port exists and is not yet
 /// connected (so a player started after the recorder, or restarted, gets picked up within a few
 /// ms). Recording starts at activation, i.e. there is silence before the connection.
 pub struct Recorder {
@@ -953,13 +998,27 @@ pub struct Recorder {
     drain: Option<JoinHandle<DrainResult>>,
     sample_rate: u32,
     channels: usize,
+    /// Ports to connect: the audio channels, plus one when recording MIDI.
+    sources: usize,
     client_name: String,
     server_gone: Arc<AtomicBool>,
     _token: Arc<ProcessJackToken>,
 }
 
 impl Recorder {
+    /// Records `channels` audio inputs, `"{prefix}{i}"` -> `in_{i}` (i = 1..=N).
     pub fn start(server: &JackServer, source_port_prefix: &str, channels: usize) -> Recorder {
+        Recorder::start_with_midi(server, source_port_prefix, channels, None)
+    }
+
+    /// Like [`Recorder::start`], plus a MIDI input `midi_in` connected from `midi_source` (a
+    /// full port name) whose events are kept with their absolute JACK frame time.
+    pub fn start_with_midi(
+        server: &JackServer,
+        source_port_prefix: &str,
+        channels: usize,
+        midi_source: Option<&str>,
+    ) -> Recorder {
         assert!(channels > 0, "Recorder needs at least one channel");
         let client = server
             .open_client(&unique_client_name("recorder"))
@@ -977,6 +1036,12 @@ impl Recorder {
             .map(|_| rtrb::RingBuffer::<f32>::new(capacity))
             .unzip();
         let (gap_producer, gap_consumer) = rtrb::RingBuffer::<(u64, i64)>::new(4096);
+        let (midi_producer, midi_consumer) = rtrb::RingBuffer::<MidiCapture>::new(1 << 16);
+        let midi_in = midi_source.map(|_| {
+            client
+                .register_port("midi_in", jack::MidiIn)
+                .unwrap_or_else(|e| panic!("register recorder port midi_in: {e:?}"))
+        });
         let shared = Arc::new(RecShared {
             stop_connector: AtomicBool::new(false),
             stop_drain: AtomicBool::new(false),
@@ -994,13 +1059,15 @@ impl Recorder {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("recorder-drain".into())
-                .spawn(move || drain_loop(consumers, gap_consumer, &shared))
+                .spawn(move || drain_loop(consumers, gap_consumer, midi_consumer, &shared))
                 .expect("spawn recorder drain thread")
         };
 
         let process = RecProcess {
             ports,
             producers,
+            midi_in,
+            midi: midi_producer,
             gaps: gap_producer,
             next_frame_time: u64::MAX,
             shared: shared.clone(),
@@ -1017,11 +1084,20 @@ impl Recorder {
         let connector = {
             let client = client.clone();
             let shared = shared.clone();
-            let prefix = source_port_prefix.to_string();
-            let full_name = full_name.clone();
+            let mut pairs: Vec<(String, String)> = (1..=channels)
+                .map(|i| {
+                    (
+                        format!("{source_port_prefix}{i}"),
+                        format!("{full_name}:in_{i}"),
+                    )
+                })
+                .collect();
+            if let Some(source) = midi_source {
+                pairs.push((source.to_string(), format!("{full_name}:midi_in")));
+            }
             std::thread::Builder::new()
                 .name("recorder-connect".into())
-                .spawn(move || connect_loop(&client, &shared, &prefix, &full_name, channels))
+                .spawn(move || connect_loop(&client, &shared, &pairs))
                 .expect("spawn recorder connector thread")
         };
 
@@ -1032,6 +1108,7 @@ impl Recorder {
             drain: Some(drain),
             sample_rate,
             channels,
+            sources: channels + usize::from(midi_source.is_some()),
             client_name: full_name,
             server_gone: server.gone.clone(),
             _token: server.token.clone(),
@@ -1052,14 +1129,14 @@ impl Recorder {
         self.shared.frames.load(Ordering::Acquire)
     }
 
-    /// How many of the `channels` inputs are connected to their source right now.
+    /// How many of the inputs (audio, and MIDI if recorded) are connected to their source now.
     pub fn connected_channels(&self) -> usize {
         self.shared.connected.load(Ordering::Acquire)
     }
 
     /// Waits until every input is connected to its source port.
     pub fn wait_connected(&self, timeout: Duration) -> bool {
-        wait_until(timeout, || self.connected_channels() == self.channels)
+        wait_until(timeout, || self.connected_channels() == self.sources)
     }
 
     /// The last error from connecting a source port (for diagnostics when `wait_connected`
@@ -1109,9 +1186,9 @@ impl Recorder {
             }
         }
         self.shared.stop_drain.store(true, Ordering::Release);
-        let (mut channels, gaps) = match self.drain.take() {
+        let (mut channels, gaps, midi) = match self.drain.take() {
             Some(h) => h.join().expect("recorder drain thread panicked"),
-            None => (vec![Vec::new(); self.channels], Vec::new()),
+            None => (vec![Vec::new(); self.channels], Vec::new(), Vec::new()),
         };
         let overruns = self.shared.overrun_frames.load(Ordering::Relaxed);
         assert!(
@@ -1132,6 +1209,7 @@ impl Recorder {
             xruns: self.shared.xruns.load(Ordering::Relaxed),
             gaps,
             server_shut_down: self.server_shut_down(),
+            midi,
         }
     }
 }
@@ -1160,16 +1238,7 @@ impl Drop for Recorder {
     }
 }
 
-fn connect_loop(
-    client: &Mutex<Option<RecClient>>,
-    shared: &RecShared,
-    prefix: &str,
-    own_name: &str,
-    channels: usize,
-) {
-    let pairs: Vec<(String, String)> = (0..channels)
-        .map(|i| (format!("{prefix}{i}"), format!("{own_name}:in_{}", i + 1)))
-        .collect();
+fn connect_loop(client: &Mutex<Option<RecClient>>, shared: &RecShared, pairs: &[(String, String)]) {
     while !shared.stop_connector.load(Ordering::Acquire) {
         if shared.shut_down.load(Ordering::Acquire) {
             break;
@@ -1179,7 +1248,7 @@ fn connect_loop(
             let Some(active) = guard.as_ref() else { break };
             let c = active.as_client();
             let mut connected = 0;
-            for (src, dst) in &pairs {
+            for (src, dst) in pairs {
                 let Some(dst_port) = c.port_by_name(dst) else {
                     continue;
                 };
@@ -1209,8 +1278,10 @@ fn connect_loop(
 fn drain_loop(
     mut consumers: Vec<rtrb::Consumer<f32>>,
     mut gap_consumer: rtrb::Consumer<(u64, i64)>,
+    mut midi_consumer: rtrb::Consumer<MidiCapture>,
     shared: &RecShared,
 ) -> DrainResult {
+    let mut midi = Vec::new();
     let mut out: Vec<Vec<f32>> = consumers
         .iter()
         .map(|_| Vec::with_capacity(1 << 20))
@@ -1219,6 +1290,9 @@ fn drain_loop(
     loop {
         while let Ok((at, frames)) = gap_consumer.pop() {
             gaps.push((at as usize, frames));
+        }
+        while let Ok(event) = midi_consumer.pop() {
+            midi.push(event);
         }
         // Read the flag before draining so the last pass sees everything written before it.
         let stopping = shared.stop_drain.load(Ordering::Acquire);
@@ -1238,7 +1312,10 @@ fn drain_loop(
             while let Ok((at, frames)) = gap_consumer.pop() {
                 gaps.push((at as usize, frames));
             }
-            return (out, gaps);
+            while let Ok(event) = midi_consumer.pop() {
+                midi.push(event);
+            }
+            return (out, gaps, midi);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
