@@ -2,7 +2,8 @@
 //!
 //! Modules follow DESIGN.md, one concern each: `library` (files → validated model),
 //! `media` (decode, resample, prefetch), `engine` (transport, mixer, outputs), `timing`
-//! (tempo maps), `rt` (real-time scheduling), `stats` (measurements).
+//! (tempo maps), `rt` (real-time scheduling), `sandbox` (capabilities, no_new_privs, Landlock,
+//! seccomp), `stats` (measurements).
 
 pub mod cli;
 pub mod engine;
@@ -10,5 +11,6 @@ pub mod library;
 pub mod media;
 pub mod midi;
 pub mod rt;
+pub mod sandbox;
 pub mod stats;
 pub mod timing;

@@ -42,6 +42,9 @@ struct ShowArgs {
     /// SCHED_FIFO priority of the audio thread (the clock gets 10 more, at most 99).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=89))]
     rt_priority: Option<u8>,
+    /// Do not sandbox (keep all capabilities, no Landlock, no seccomp): for debugging only.
+    #[arg(long)]
+    no_sandbox: bool,
 }
 
 impl ShowArgs {
@@ -55,6 +58,7 @@ impl ShowArgs {
             rehearsal,
             report: None,
             plot: None,
+            no_sandbox: self.no_sandbox,
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 pub use config::{
     AudioConfig, Config, MidiConfig, MidiControlConfig, MidiOutputConfig, MidiTarget,
-    RealtimeConfig, MAX_OUTPUT_CHANNELS,
+    RealtimeConfig, SandboxConfig, SandboxMode, SeccompActionConfig, MAX_OUTPUT_CHANNELS,
 };
 pub use diagnostic::{locate, Diagnostic, Place};
 pub use paths::RootPolicy;
