@@ -1189,7 +1189,8 @@ fn install_seccomp(blocked: Blocked) -> SeccompOutcome {
         Ok(programs) => programs,
         Err(e) => return SeccompOutcome::Failed(e.to_string()),
     };
-    for program in [&allow, &clone3] {
+    // The clone3 filter first: once the allow-list is in, seccomp(2) itself is blocked.
+    for program in [&clone3, &allow] {
         if let Err(e) = seccompiler::apply_filter_all_threads(program) {
             return SeccompOutcome::Failed(e.to_string());
         }
