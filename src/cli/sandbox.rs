@@ -21,25 +21,31 @@ pub fn plan(show: &Show, options: &PlayOptions, wav: Option<&Path>) -> Plan {
         read_only.push(folder_of(playlist));
     }
     let mut read_write = Vec::new();
+    let mut devices: Vec<PathBuf> = Vec::new();
     for file in [wav, options.report.as_deref(), options.plot.as_deref()]
         .into_iter()
         .flatten()
     {
-        read_write.push(folder_of(file));
+        // `wav:/dev/null` (clock-only rehearsals) is that device, not all of /dev.
+        match std::fs::metadata(file) {
+            Ok(meta) if !meta.is_file() && !meta.is_dir() => devices.push(file.to_path_buf()),
+            _ => read_write.push(folder_of(file)),
+        }
     }
     read_write.extend(config.sandbox.state_dir.iter().cloned());
     if let Some(dirs) = std::env::var_os("STATE_DIRECTORY") {
         read_write.extend(std::env::split_paths(&dirs));
     }
-    let devices = config
-        .midi
-        .outputs
-        .iter()
-        .filter_map(|output| match &output.target {
-            MidiTarget::Path(path) => Some(path.clone()),
-            _ => None,
-        })
-        .collect();
+    devices.extend(
+        config
+            .midi
+            .outputs
+            .iter()
+            .filter_map(|output| match &output.target {
+                MidiTarget::Path(path) => Some(path.clone()),
+                _ => None,
+            }),
+    );
     let mode = match (options.no_sandbox, config.sandbox.mode) {
         (true, _) | (false, SandboxMode::Off) => Mode::Off,
         (false, SandboxMode::Strict) => Mode::Strict,
@@ -102,5 +108,11 @@ mod tests {
         );
         assert_eq!(off.mode, Mode::Off);
         assert!(off.disabled_by_flag);
+        let null = super::plan(&show, &PlayOptions::default(), Some(Path::new("/dev/null")));
+        assert!(
+            !null.read_write.contains(&PathBuf::from("/dev")),
+            "{null:?}"
+        );
+        assert!(null.devices.contains(&PathBuf::from("/dev/null")));
     }
 }
