@@ -9,7 +9,14 @@
 //! with t0 the earliest arrival after removing the grid): it is the jitter a device sees.
 //! Drift: the last tick's offset from the grid fitted to the first second.
 //!
-//! Run: `cargo bench --bench clock_jitter` (BACKLINE_BENCH_SECONDS per condition, default 20).
+//! Sandbox cost (seccomp filters every syscall): SCHED_FIFO idle runs alternate with and
+//! without `--no-sandbox`, and the table gives the difference in clock p99 and in audio
+//! callback duty p99 (callback time / period, of the clock-only show's silent render).
+//! Target: under 5 %.
+//!
+//! Run: `cargo bench --bench clock_jitter` (BACKLINE_BENCH_SECONDS per condition, default 20;
+//! BACKLINE_BENCH_ONLY=sandbox for the sandbox comparison alone; BACKLINE_BENCH_PAIRS
+//! with/without pairs, default 2).
 
 mod common;
 
@@ -64,11 +71,14 @@ struct Row {
     arrival: [f64; 4],
     drift_us: f64,
     ticks: usize,
+    /// p99 of the audio callback's time in µs and the nominal period in µs.
+    callback_p99: f64,
+    period_us: f64,
 }
 
-fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
+fn run_condition(seconds: u64, realtime: bool, load: bool, sandbox: bool) -> Option<Row> {
     let dir = std::env::temp_dir().join(format!(
-        "backline-jitter-{}-{realtime}-{load}",
+        "backline-jitter-{}-{realtime}-{load}-{sandbox}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
@@ -106,6 +116,9 @@ fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
     if !realtime {
         command.arg("--no-rt");
     }
+    if !sandbox {
+        command.arg("--no-sandbox");
+    }
     let status = command.output().ok()?;
     drop(load);
     let _ = reader.wait();
@@ -120,6 +133,11 @@ fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
         serde_json::from_str(&std::fs::read_to_string(&report).ok()?).ok()?;
     let clock = &json["overall"]["clock_lateness"];
     let us = |key: &str| clock[key].as_f64().unwrap_or(f64::NAN) / 1000.0;
+    let callback_p99 = json["overall"]["audio_callback_time"]["p99_ns"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
+        / 1000.0;
+    let period_us = json["period_ns"].as_f64().unwrap_or(f64::NAN) / 1000.0;
     let times: Vec<f64> = std::fs::read_to_string(&arrivals)
         .ok()?
         .lines()
@@ -155,6 +173,8 @@ fn run_condition(seconds: u64, realtime: bool, load: bool) -> Option<Row> {
         ],
         drift_us,
         ticks: times.len(),
+        callback_p99,
+        period_us,
     })
 }
 
@@ -181,6 +201,65 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
+    if std::env::var("BACKLINE_BENCH_ONLY").as_deref() != Ok("sandbox") {
+        conditions(seconds);
+    }
+    sandbox_cost(seconds);
+}
+
+/// Alternating runs with and without the sandbox (SCHED_FIFO, idle): medians of clock p99
+/// and callback duty p99, and their differences.
+fn sandbox_cost(seconds: u64) {
+    let pairs: usize = std::env::var("BACKLINE_BENCH_PAIRS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2)
+        .max(1);
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for _ in 0..pairs {
+        with.extend(run_condition(seconds, true, false, true));
+        without.extend(run_condition(seconds, true, false, false));
+    }
+    if with.is_empty() || without.is_empty() {
+        println!("sandbox comparison failed");
+        return;
+    }
+    let median = |rows: &[Row], f: &dyn Fn(&Row) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let clock = |r: &Row| r.self_p99;
+    let arrival = |r: &Row| r.arrival[1];
+    let duty = |r: &Row| 100.0 * r.callback_p99 / r.period_us;
+    println!();
+    println!("sandbox cost: SCHED_FIFO idle, {pairs} alternating pair(s) of {seconds} s, medians");
+    println!(
+        "{:<34} {:>12} {:>12} {:>10}",
+        "metric", "sandbox on", "sandbox off", "difference"
+    );
+    for (name, f, unit) in [
+        (
+            "clock lateness p99 (self, µs)",
+            &clock as &dyn Fn(&Row) -> f64,
+            "",
+        ),
+        ("clock arrival p99 (µs)", &arrival, ""),
+        ("audio callback duty p99 (%)", &duty, "%"),
+    ] {
+        let on = median(&with, f);
+        let off = median(&without, f);
+        let diff = if off != 0.0 {
+            100.0 * (on - off) / off
+        } else {
+            f64::NAN
+        };
+        println!("{name:<34} {on:>11.2}{unit:1} {off:>11.2}{unit:1} {diff:>+9.1}%");
+    }
+}
+
+fn conditions(seconds: u64) {
     println!("beat clock at {BPM} BPM (120 ticks/s), {seconds} s per condition; µs");
     println!(
         "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} | {:>9} | {:>10}",
@@ -207,7 +286,7 @@ fn main() {
         ("normal priority, idle", false, false),
         ("normal priority, loaded", false, true),
     ] {
-        match run_condition(seconds, realtime, load) {
+        match run_condition(seconds, realtime, load, true) {
             Some(r) => {
                 let ratio = floor.map_or("-".to_string(), |f| format!("{:.2}×", r.self_p99 / f[1]));
                 println!(

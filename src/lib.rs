@@ -2,8 +2,8 @@
 //!
 //! Modules follow DESIGN.md, one concern each: `library` (files → validated model),
 //! `media` (decode, resample, prefetch), `engine` (transport, mixer, outputs), `timing`
-//! (tempo maps), `rt` (real-time scheduling), `service` (sd_notify, signals, control socket),
-//! `stats` (measurements).
+//! (tempo maps), `rt` (real-time scheduling), `sandbox` (capabilities, no_new_privs, Landlock,
+//! seccomp), `service` (sd_notify, signals, control socket), `stats` (measurements).
 
 pub mod cli;
 pub mod engine;
@@ -11,6 +11,7 @@ pub mod library;
 pub mod media;
 pub mod midi;
 pub mod rt;
+pub mod sandbox;
 pub mod service;
 pub mod stats;
 pub mod timing;

@@ -50,6 +50,9 @@ struct ShowArgs {
     /// systemd, else $XDG_RUNTIME_DIR/backline/control.sock).
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
+    /// Do not sandbox (keep all capabilities, no Landlock, no seccomp): for debugging only.
+    #[arg(long)]
+    no_sandbox: bool,
 }
 
 impl ShowArgs {
@@ -65,6 +68,7 @@ impl ShowArgs {
             report: None,
             plot: None,
             control_socket: self.control_socket,
+            no_sandbox: self.no_sandbox,
         }
     }
 }

@@ -1033,6 +1033,21 @@ pub fn promote_current_thread(role: Role, cfg: &RtSettings, probe: &ProbeSummary
     promote_into(&STATE, role, cfg, probe)
 }
 
+/// Test-only (`sandbox-probe`): promotes the calling thread to `SCHED_FIFO` at the default
+/// audio priority the way [`promote_current_thread`] does (raising `CAP_SYS_NICE` if it is
+/// permitted), without recording a role; returns the outcome as text, e.g. `FIFO 70`.
+#[cfg(feature = "sandbox-probe")]
+pub fn promote_probe_thread() -> String {
+    let probe = ProbeSummary::default();
+    match promote_self(DEFAULT_AUDIO_PRIORITY, &probe) {
+        Outcome::Realtime {
+            policy, priority, ..
+        } => format!("{policy:?} {priority}"),
+        Outcome::Fallback { errno, .. } => format!("normal priority ({})", errno_name(errno)),
+        other => format!("{other:?}"),
+    }
+}
+
 fn promote_into(state: &RtState, role: Role, cfg: &RtSettings, probe: &ProbeSummary) -> Promotion {
     let requested = role.priority(cfg);
     if !cfg.enabled {

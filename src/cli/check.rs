@@ -266,6 +266,11 @@ pub fn system_report(show: &Show, settings: &rt::RtSettings) -> Vec<String> {
     let probe = rt::probe();
     let summary = probe.summary();
     let mut lines = vec![probe.to_string()];
+    lines.extend(crate::sandbox::system_lines(&super::sandbox::plan(
+        show,
+        &super::play::PlayOptions::default(),
+        None,
+    )));
     if !settings.enabled {
         lines.push("real-time: off (--no-rt / realtime: false)".into());
         return lines;

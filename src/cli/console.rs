@@ -122,8 +122,11 @@ pub fn status_line(status: &StatusSnapshot, audio_role: Role, clock_p99_us: Opti
     let clock_p99 = clock_p99_us
         .map(|us| format!("  clock p99 {us:.0} µs"))
         .unwrap_or_default();
+    let sandbox = crate::sandbox::current()
+        .map(|s| format!("  {}", s.short()))
+        .unwrap_or_default();
     format!(
-        "{state} {}/{} {}  {}/{}  {tempo}  {}  xruns {}{clock_p99}  RT {realtime}",
+        "{state} {}/{} {}  {}/{}  {tempo}  {}  xruns {}{clock_p99}  RT {realtime}{sandbox}",
         status.index,
         status.total,
         status.song,

@@ -8,3 +8,4 @@ pub mod logging;
 pub mod play;
 pub mod plot;
 pub mod report;
+pub mod sandbox;

@@ -72,6 +72,8 @@ pub struct PlayOptions {
     pub plot: Option<std::path::PathBuf>,
     /// `--control-socket PATH`.
     pub control_socket: Option<std::path::PathBuf>,
+    /// `--no-sandbox`: skip capability drop, Landlock and seccomp (debugging only).
+    pub no_sandbox: bool,
 }
 
 /// Feeds the clock thread: each prepared song's tempo map and MIDI file, each selected
@@ -467,6 +469,11 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     if settings.enabled {
         rt::lock_memory();
     }
+    // DESIGN.md "Privileges, in order", steps 4-7, on every thread.
+    if let Err(e) = crate::sandbox::apply(&super::sandbox::plan(&show, options, wav.as_deref())) {
+        error!("{e}");
+        return 1;
+    }
     if wav.is_none() {
         // With a beat clock, also give the audio clock time to lock to the device.
         let settle = if clock.is_some() {
@@ -610,6 +617,9 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         if let Some(rt) = rt::report(role) {
             println!("real-time: {rt}");
         }
+    }
+    if let Some(sandbox) = crate::sandbox::current() {
+        println!("{sandbox}");
     }
     if let Some(path) = &options.plot {
         match super::plot::write_svg(path, &figures, &song_names) {

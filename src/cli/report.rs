@@ -152,6 +152,7 @@ pub fn json_report(figures: &Figures, facts: &RunFacts) -> Value {
             .collect::<Vec<_>>(),
         "samples_dropped": figures.dropped,
         "realtime": realtime,
+        "sandbox": crate::sandbox::current().map(|s| s.to_json()),
         "overall": metrics_json(|m| figures.get(m).cloned()),
         "songs": songs,
         "verdict": figures.get(Metric::ClockLateness).map(|h| verdict(h.summary().p99)),

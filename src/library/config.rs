@@ -28,6 +28,8 @@ pub struct Config {
     pub midi: MidiConfig,
     /// Running as a service: the control socket.
     pub service: ServiceConfig,
+    /// Self-sandboxing after start-up.
+    pub sandbox: SandboxConfig,
 }
 
 /// The `service:` section.
@@ -37,6 +39,40 @@ pub struct ServiceConfig {
     /// backline.yaml. `None`: `$RUNTIME_DIRECTORY/control.sock` under systemd, else
     /// `$XDG_RUNTIME_DIR/backline/control.sock`. `--control-socket` overrides it.
     pub control_socket: Option<PathBuf>,
+}
+
+/// How hard backline sandboxes itself after start-up (`sandbox:` or `sandbox.mode:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// Every layer must take effect, or start-up fails.
+    Strict,
+    /// Apply what the kernel offers and report the rest (default).
+    #[default]
+    BestEffort,
+    /// No sandbox.
+    Off,
+}
+
+/// What a syscall outside the seccomp allow-list gets (`sandbox.seccomp_action:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompActionConfig {
+    /// `errno`: the call fails with EPERM (default).
+    #[default]
+    Errno,
+    /// `kill`: the process is killed.
+    Kill,
+}
+
+/// The `sandbox:` section: `sandbox: strict`, or a map with `mode`, `seccomp_action` and
+/// `state_dir`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SandboxConfig {
+    /// strict, best_effort (default) or off.
+    pub mode: SandboxMode,
+    /// errno (default) or kill.
+    pub seccomp_action: SeccompActionConfig,
+    /// An extra read-write state directory (besides WAV render and report folders).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The `midi:` section.
@@ -166,6 +202,8 @@ struct RawConfig {
     realtime: Option<RawRealtime>,
     #[serde(default)]
     service: Option<RawService>,
+    #[serde(default)]
+    sandbox: Option<serde_yaml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +308,7 @@ impl Config {
             realtime: RealtimeConfig::default(),
             midi: MidiConfig::default(),
             service: ServiceConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 
@@ -402,6 +441,10 @@ impl Config {
                     .to_string(),
             ));
         }
+        let sandbox = match &raw.sandbox {
+            None => SandboxConfig::default(),
+            Some(value) => convert_sandbox(value, &base, &at, &mut errors),
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -414,6 +457,7 @@ impl Config {
             realtime,
             midi,
             service,
+            sandbox,
         })
     }
 
@@ -546,6 +590,84 @@ fn convert_midi(
     }
 }
 
+fn sandbox_mode(text: &str) -> Option<SandboxMode> {
+    match text {
+        "strict" => Some(SandboxMode::Strict),
+        "best_effort" => Some(SandboxMode::BestEffort),
+        "off" => Some(SandboxMode::Off),
+        _ => None,
+    }
+}
+
+/// `sandbox: strict` or `sandbox: { mode: strict, seccomp_action: kill, state_dir: PATH }`.
+fn convert_sandbox(
+    value: &serde_yaml::Value,
+    base: &Path,
+    at: &dyn Fn(&str, Option<&str>, String) -> Diagnostic,
+    errors: &mut Vec<Diagnostic>,
+) -> SandboxConfig {
+    use serde_yaml::Value;
+    const MODES: &str = "expected strict, best_effort or off";
+    let mut config = SandboxConfig::default();
+    match value {
+        Value::String(text) => match sandbox_mode(text) {
+            Some(mode) => config.mode = mode,
+            None => errors.push(at(
+                "sandbox",
+                Some(text),
+                format!("sandbox `{text}`: {MODES}, or a map with mode, seccomp_action, state_dir"),
+            )),
+        },
+        Value::Mapping(map) => {
+            for (key, value) in map {
+                let key = key.as_str().unwrap_or("?");
+                let text = value.as_str();
+                match (key, text) {
+                    ("mode", Some(text)) => match sandbox_mode(text) {
+                        Some(mode) => config.mode = mode,
+                        None => errors.push(at(
+                            "mode",
+                            Some(text),
+                            format!("sandbox mode `{text}`: {MODES}"),
+                        )),
+                    },
+                    ("seccomp_action", Some("errno")) => {
+                        config.seccomp_action = SeccompActionConfig::Errno
+                    }
+                    ("seccomp_action", Some("kill")) => {
+                        config.seccomp_action = SeccompActionConfig::Kill
+                    }
+                    ("seccomp_action", _) => errors.push(at(
+                        "seccomp_action",
+                        text,
+                        "seccomp_action: expected errno (blocked calls fail with EPERM) or kill"
+                            .into(),
+                    )),
+                    ("state_dir", Some(dir)) => config.state_dir = Some(base.join(dir)),
+                    ("mode" | "state_dir", None) => errors.push(at(
+                        key,
+                        None,
+                        format!("sandbox {key}: expected a string"),
+                    )),
+                    (other, _) => errors.push(at(
+                        other,
+                        None,
+                        format!(
+                            "unknown key `{other}` in sandbox: expected mode, seccomp_action or state_dir"
+                        ),
+                    )),
+                }
+            }
+        }
+        _ => errors.push(at(
+            "sandbox",
+            None,
+            format!("sandbox: {MODES}, or a map with mode, seccomp_action, state_dir"),
+        )),
+    }
+    config
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,6 +709,38 @@ mod tests {
         )
         .expect_err("typo");
         assert_eq!(unknown[0].line, Some(4), "{}", unknown[0]);
+    }
+
+    #[test]
+    fn sandbox_short_and_long_forms() {
+        let short = Config::parse(Path::new("/show/b.yaml"), "sandbox: strict\n").expect("short");
+        assert_eq!(short.sandbox.mode, SandboxMode::Strict);
+        let long = Config::parse(
+            Path::new("/show/b.yaml"),
+            "sandbox:\n  mode: off\n  seccomp_action: kill\n  state_dir: state\n",
+        )
+        .expect("long");
+        assert_eq!(long.sandbox.mode, SandboxMode::Off);
+        assert_eq!(long.sandbox.seccomp_action, SeccompActionConfig::Kill);
+        assert_eq!(long.sandbox.state_dir, Some(PathBuf::from("/show/state")));
+        let default = Config::parse(Path::new("/show/b.yaml"), "songs: s\n").expect("default");
+        assert_eq!(default.sandbox, SandboxConfig::default());
+        let errors = Config::parse(
+            Path::new("b.yaml"),
+            "songs: s\nsandbox:\n  mode: lax\n  seccom_action: kill\n",
+        )
+        .expect_err("bad");
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("b.yaml:3:") && t.contains("lax")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("b.yaml:4:") && t.contains("unknown key `seccom_action`")),
+            "{text:?}"
+        );
     }
 
     #[test]

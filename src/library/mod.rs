@@ -15,7 +15,8 @@ use serde::Deserialize;
 
 pub use config::{
     AudioConfig, Config, MidiConfig, MidiControlConfig, MidiOutputConfig, MidiTarget,
-    RealtimeConfig, ServiceConfig, MAX_OUTPUT_CHANNELS,
+    RealtimeConfig, SandboxConfig, SandboxMode, SeccompActionConfig, ServiceConfig,
+    MAX_OUTPUT_CHANNELS,
 };
 pub use diagnostic::{locate, Diagnostic, Place};
 pub use paths::RootPolicy;
