@@ -2,7 +2,7 @@
 # Soak: plays songs-example as a looping set (--loop-set) on a private JACK dummy server
 # (48 kHz, 128-frame periods) for a long time with the beat clock and MIDI file going to a
 # FIFO, then prints xruns, clock lateness p99/p99.9/max, RSS and open file descriptors at
-# start (after a 20 s warm-up) and at the end.
+# start (after a 40 s warm-up: one pass through the set, so every song has been loaded once) and at the end.
 #
 #   bash benches/soak.sh [DURATION_SECONDS]     default 3600 (one hour)
 #
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-3600}
-warmup=20
+warmup=40
 server="backline-soak-$$"
 work=$(mktemp -d)
 jackd_pid=""

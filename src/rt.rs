@@ -1554,7 +1554,11 @@ impl fmt::Display for MemoryLock {
 /// only when the limit is unlimited: with a finite limit `MCL_FUTURE` turns every later
 /// `mmap`/`brk` beyond the limit into an allocation failure (an abort in Rust), which the
 /// capability drop would trigger even for root; then it locks `MCL_CURRENT` only.
-/// Never fails the program. Normal threads only.
+/// `MCL_FUTURE` comes with `MCL_ONFAULT` (Linux 4.4+): later pages are locked when first
+/// touched, not populated at `mmap` time. Without it, a decoder allocating what a hostile
+/// header claims (symphonia reserves a FLAC picture's declared length, up to 4 GB, before
+/// reading it; overcommit never backs those untouched pages) would have to be locked in
+/// full, fail, and abort the show. Never fails the program. Normal threads only.
 pub fn lock_memory() -> MemoryLock {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
@@ -1574,8 +1578,14 @@ pub fn lock_memory() -> MemoryLock {
     } else {
         libc::MCL_CURRENT
     };
-    // SAFETY: mlockall takes flags only.
-    let outcome = if unsafe { libc::mlockall(flags) } == 0 {
+    // SAFETY: mlockall takes flags only. Kernels before 4.4 refuse MCL_ONFAULT with EINVAL:
+    // then lock without it.
+    let locked = if flags & libc::MCL_FUTURE != 0 {
+        unsafe { libc::mlockall(flags | libc::MCL_ONFAULT) == 0 || libc::mlockall(flags) == 0 }
+    } else {
+        unsafe { libc::mlockall(flags) == 0 }
+    };
+    let outcome = if locked {
         if flags & libc::MCL_FUTURE != 0 {
             MemoryLockOutcome::All
         } else {
