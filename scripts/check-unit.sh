@@ -15,6 +15,7 @@ binary=$(realpath "${1:-target/debug/backline}")
 [ -x "$binary" ] || { echo "check-unit: $binary is not an executable; build first" >&2; exit 1; }
 
 scratch=$(mktemp -d)
+mkdir -p "$scratch/rendered"
 trap 'rm -rf "$scratch"' EXIT
 
 # Security rating. The threshold must be 9 for "below 1.0": systemd compares the exposure x 10
@@ -50,3 +51,23 @@ if ! systemd-sysusers --dry-run --root="$scratch/root" >"$scratch/sysusers.out" 
   exit 1
 fi
 echo "PASS: systemd-sysusers accepts packaging/backline.sysusers"
+
+# `backline unit` renders the same template for cargo installs; a library under /home turns
+# ProtectHome=yes into an empty tmpfs with the library bound in. Rate and verify that too.
+"$binary" unit --library /home/stage/show >"$scratch/rendered/backline.service" 2>"$scratch/unit.err" || {
+  cat "$scratch/unit.err" >&2
+  echo "FAIL: backline unit" >&2
+  exit 1
+}
+rendered=$(systemd-analyze security --offline=yes --no-pager --threshold=9 "$scratch/rendered/backline.service" 2>&1) || {
+  echo "$rendered" | grep -E '✗|Overall' >&2
+  echo "FAIL: the unit from \`backline unit\` is rated above 0.9" >&2
+  exit 1
+}
+if ! systemd-analyze verify --man=no "$scratch/rendered/backline.service" 2>"$scratch/verify.err" \
+  || [ -s "$scratch/verify.err" ]; then
+  cat "$scratch/verify.err" >&2
+  echo "FAIL: systemd-analyze verify complained about the unit from \`backline unit\`" >&2
+  exit 1
+fi
+echo "PASS: backline unit --library /home/...: $(echo "$rendered" | grep -o 'exposure level.*'), verify clean"
