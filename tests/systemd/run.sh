@@ -173,7 +173,16 @@ for _ in $(seq 1 100); do
 done
 [ -n "$pid1" ] || die "cannot find the container's pid 1"
 ct() { nsenter -t "$pid1" -a "$@"; }
-state=$(timeout 120 nsenter -t "$pid1" -a systemctl is-system-running --wait 2>/dev/null || true)
+state=""
+for _ in $(seq 1 120); do
+  # Until nspawn has exec'd systemd, pid 1 is still nspawn itself.
+  if [ "$(cat "/proc/$pid1/comm" 2>/dev/null)" = systemd ]; then
+    state=$(timeout 120 nsenter -t "$pid1" -a systemctl is-system-running --wait 2>/dev/null || true)
+    case "$state" in running | degraded) break ;; esac
+  fi
+  kill -0 "$nspawn_pid" 2>/dev/null || break
+  sleep 1
+done
 case "$state" in
   running | degraded) log "container up ($state)" ;;
   *) cat "$run/boot.log" >&2; die "the container's systemd did not come up ($state)" ;;
@@ -251,7 +260,8 @@ EOF
 ct mkfifo -m 0660 /var/lib/backline/midi.fifo
 ct chown backline:backline /var/lib/backline/midi.fifo
 # The reader holds the FIFO open read-write, so a restarting writer never ends its read.
-ct sh -c 'exec 3<>/var/lib/backline/midi.fifo; exec cat <&3 >/var/tmp/midi.bin' &
+ct sh -c 'exec 3<>/var/lib/backline/midi.fifo; exec cat <&3 >/var/tmp/midi.bin' 2>/dev/null &
+disown
 
 # 2. Start: active once READY=1 arrives, STATUS= in `systemctl status`.
 start_service
@@ -299,7 +309,7 @@ fi
 song_starts() { ct journalctl -u "$unit" --no-pager -o cat _PID="$1" 2>/dev/null | grep -c "song started" || true; }
 pid=$(main_pid)
 starts_before=$(song_starts "$pid")
-if ct systemctl reload "$unit" 2>"$run/reload.err"; then reload_rc=ok; else reload_rc="failed: $(cat "$run/reload.err")"; fi
+if timeout 30 nsenter -t "$pid1" -a systemctl reload "$unit" 2>"$run/reload.err"; then reload_rc=ok; else reload_rc="failed: $(cat "$run/reload.err")"; fi
 sleep 3
 pid_after=$(main_pid)
 if [ "$reload_rc" = ok ] && [ "$pid_after" = "$pid" ] && [ "$(active_state)" = active ] \
@@ -339,7 +349,7 @@ wait_active 30 || true
 sleep 2
 stops_before=$(midi_count fc)
 t0=$(date +%s.%N)
-ct systemctl stop "$unit"
+timeout 30 nsenter -t "$pid1" -a systemctl stop "$unit" || true
 elapsed=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 sleep 0.5
 result=$(ct systemctl show -p Result --value "$unit")
@@ -372,7 +382,7 @@ if [ "$(active_state)" = active ] && plays && [ "$audio_policy" = 0 ] && [ "$clo
 else
   fail "no capability: state $(active_state), policies audio=${audio_policy:-none} clock=${clock_policy:-none}, STATUS '${status}' (want it to say degraded/normal and why)"
 fi
-ct systemctl stop "$unit" || true
+timeout 30 nsenter -t "$pid1" -a systemctl stop "$unit" || true
 rm -rf "$root/etc/systemd/system/$unit.d"
 
 log "done in $(($(date +%s) - started)) s"
