@@ -37,21 +37,21 @@ mkdir -p "$cache" "$runs"
 # --- leftovers of a killed run: their nspawn (recorded pid) and their scratch copy ----------
 for old in "$runs"/run.*; do
   [ -d "$old" ] || continue
-  if [ -f "$old/nspawn.pid" ]; then
-    pid=$(cat "$old/nspawn.pid")
-    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$old/root"; then
-      # Still running only if its owner is gone (a concurrent run holds its lock).
-      if flock -n "$old/lock" true; then
-        log "stopping the container of a killed run (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        sleep 3
-        kill -KILL "$pid" 2>/dev/null || true
-      else
-        continue
-      fi
-    fi
+  owner=$(cat "$old/owner.pid" 2>/dev/null || echo 0)
+  if [ "$owner" != 0 ] && [ -r "/proc/$owner/cmdline" ] \
+    && tr '\0' ' ' <"/proc/$owner/cmdline" | grep -q 'tests/systemd/run.sh'; then
+    continue   # a run in progress
   fi
-  flock -n "$old/lock" rm -rf --one-file-system "$old" || true
+  pid=$(cat "$old/nspawn.pid" 2>/dev/null || echo 0)
+  if [ "$pid" != 0 ] && [ -r "/proc/$pid/cmdline" ] \
+    && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$old/root"; then
+    log "stopping the container of a killed run (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -rf --one-file-system "$old" || true
 done
 
 # --- the image: created once, reused ---------------------------------------------------------
@@ -86,8 +86,7 @@ fi
 
 # --- a scratch copy, booted -----------------------------------------------------------------
 run=$(mktemp -d "$runs/run.XXXXXX")
-exec 8>"$run/lock"
-flock 8
+echo $$ >"$run/owner.pid"
 root=$run/root
 nspawn_pid=""
 pid1=""
@@ -95,6 +94,7 @@ pid1=""
 cleanup() {
   local code=$?
   set +e
+  trap '' INT TERM
   if [ -n "$pid1" ] && [ -d "/proc/$pid1" ]; then
     nsenter -t "$pid1" -a journalctl -u "$unit" --no-pager -o short-monotonic >"$run/journal.txt" 2>&1
     cp "$run/journal.txt" "${BACKLINE_SYSTEMD_LOG:-/tmp/backline-systemd-test.journal}" 2>/dev/null
@@ -259,9 +259,10 @@ midi:
 EOF
 ct mkfifo -m 0660 /var/lib/backline/midi.fifo
 ct chown backline:backline /var/lib/backline/midi.fifo
-# The reader holds the FIFO open read-write, so a restarting writer never ends its read.
-ct sh -c 'exec 3<>/var/lib/backline/midi.fifo; exec cat <&3 >/var/tmp/midi.bin' 2>/dev/null &
-disown
+# The reader holds the FIFO open read-write, so a restarting writer never ends its read. It
+# runs as a unit of the container's systemd, so it ends with the container.
+ct systemd-run --quiet --unit=midi-reader sh -c \
+  'exec 3<>/var/lib/backline/midi.fifo; exec cat <&3 >/var/tmp/midi.bin'
 
 # 2. Start: active once READY=1 arrives, STATUS= in `systemctl status`.
 start_service
