@@ -10,6 +10,8 @@ required=(
   libjack-jackd2-dev    # cpal's JACK backend and the test recorder (build)
   jackd2                # a real JACK server (dummy driver) for the end-to-end tests
   util-linux            # setpriv for the privilege tests
+  systemd               # systemd-analyze security/verify for the unit checks
+  debootstrap systemd-container procps   # the service test: a Debian image booted with systemd-nspawn
 )
 # Only the benchmarks use these; a machine without them still builds and tests.
 optional=(

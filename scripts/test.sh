@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check backline has: formatting, clippy, unit and end-to-end tests (real JACK
-# dummy server, real privileges with setpriv), and builds the benchmarks.
+# dummy server, real privileges with setpriv), builds the benchmarks, checks the systemd unit
+# and runs the service under a real systemd (tests/systemd/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -15,4 +16,8 @@ cargo test --lib --bins --tests -- --test-threads=2
 # running player) only exists with the test-only `sandbox-probe` feature.
 cargo test --features sandbox-probe --test sandbox -- --test-threads=2
 cargo bench --no-run
+# The systemd unit: rated SAFE by systemd-analyze security, clean under verify.
+bash scripts/check-unit.sh target/debug/backline
+# The service under a real systemd (nspawn): the .deb installed, each promise of the unit checked.
+bash tests/systemd/run.sh
 echo "all tests passed"

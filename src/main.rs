@@ -128,6 +128,20 @@ enum Command {
     },
     /// List audio output devices of every compiled-in host, MIDI ports and raw MIDI devices.
     Devices,
+    /// Print the hardened systemd unit with this binary's path filled in (for cargo installs;
+    /// the .deb installs it already).
+    Unit {
+        /// Song library: a folder of songs or a folder with backline.yaml (read-only for the
+        /// service). Played when no --config is given.
+        #[arg(long)]
+        library: Option<PathBuf>,
+        /// backline.yaml to play [default: /etc/backline/backline.yaml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// User the service runs as; it must be in the audio group.
+        #[arg(long, default_value = "backline")]
+        user: String,
+    },
     /// Control a running player through its control socket.
     Ctl {
         #[command(subcommand)]
@@ -224,6 +238,11 @@ fn main() -> ExitCode {
             }
             0
         }
+        Command::Unit {
+            library,
+            config,
+            user,
+        } => run_unit(library, config, user),
     };
     ExitCode::from(code as u8)
 }
@@ -272,6 +291,34 @@ fn run_ctl(action: CtlAction, socket: Option<PathBuf>) -> i32 {
         Err(e) => {
             eprintln!("error: {e}");
             1
+        }
+    }
+}
+
+fn run_unit(library: Option<PathBuf>, config: Option<PathBuf>, user: String) -> i32 {
+    use backline::cli::unit::{self, UnitOptions};
+    let binary = match std::env::current_exe().and_then(|p| p.canonicalize()) {
+        Ok(binary) => binary,
+        Err(e) => {
+            eprintln!("error: cannot tell where this backline binary is: {e}");
+            return 1;
+        }
+    };
+    let absolute = |path: Option<PathBuf>| path.map(|p| std::path::absolute(&p).unwrap_or(p));
+    let options = UnitOptions {
+        binary,
+        config: absolute(config),
+        library: absolute(library),
+        user,
+    };
+    match unit::render(&options) {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
         }
     }
 }

@@ -202,3 +202,35 @@ fn check_flags_a_broken_midi_file_as_play_would() {
     );
     assert!(all.contains("WILL BE SKIPPED"), "{all}");
 }
+
+#[test]
+fn unit_prints_the_packaged_unit_with_this_binary_and_the_show() {
+    let output = backline(&["unit", "--library", "/srv/show", "--user", "stage"]);
+    let all = text(&output);
+    assert!(output.status.success(), "{all}");
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_backline")).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("\nExecStart={} play /srv/show\n", exe.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nUser=stage\n"), "{stdout}");
+    assert!(stdout.contains("\nReadOnlyPaths=-/srv/show\n"), "{stdout}");
+    assert!(
+        stdout.contains("\nAmbientCapabilities=CAP_SYS_NICE\n"),
+        "{stdout}"
+    );
+    // Relative paths are made absolute; a bad user name is refused.
+    let output = backline(&["unit", "--config", "show/backline.yaml"]);
+    let cwd = std::env::current_dir().unwrap();
+    assert!(
+        text(&output).contains(&format!(
+            " play {}\n",
+            cwd.join("show/backline.yaml").display()
+        )),
+        "{}",
+        text(&output)
+    );
+    let output = backline(&["unit", "--user", "no body"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+}

@@ -1,4 +1,4 @@
-//! The command-line front-end: the `play`, `check` and `devices` commands, the terminal UI
+//! The command-line front-end: the `play`, `check`, `devices` and `unit` commands, the terminal UI
 //! and log setup. `main.rs` only parses arguments and calls in here.
 
 pub mod check;
@@ -9,3 +9,4 @@ pub mod play;
 pub mod plot;
 pub mod report;
 pub mod sandbox;
+pub mod unit;
