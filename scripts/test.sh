@@ -16,6 +16,9 @@ cargo test --lib --bins --tests -- --test-threads=2
 # running player) only exists with the test-only `sandbox-probe` feature.
 cargo test --features sandbox-probe --test sandbox -- --test-threads=2
 cargo bench --no-run
+# Fuzzing: replay the committed corpus, then 20 s per target (nightly + cargo-fuzz, installed
+# by the script when missing).
+bash scripts/fuzz.sh --ci
 # The systemd unit: rated SAFE by systemd-analyze security, clean under verify.
 bash scripts/check-unit.sh target/debug/backline
 # The service under a real systemd (nspawn): the .deb installed, each promise of the unit checked.
