@@ -115,7 +115,13 @@ pub struct Transport {
     waiting_for_queue: bool,
     /// An `Unqueue` arrived while waiting: the set ends at the start of this block.
     end_set_now: bool,
+    /// Frames of silence spent waiting; past [`MAX_QUEUE_WAIT_FRAMES`] the set ends anyway.
+    waited_frames: usize,
 }
+
+/// Longest wait for the control thread's `Queue`/`Unqueue` after a song ended before it came
+/// (2 s at 48 kHz): a control thread that never answers cannot hold the set open forever.
+const MAX_QUEUE_WAIT_FRAMES: usize = 96_000;
 
 /// The control thread's side of the transport.
 pub struct TransportControl {
@@ -152,6 +158,7 @@ pub fn transport() -> (Transport, TransportControl) {
             awaiting_queue: false,
             waiting_for_queue: false,
             end_set_now: false,
+            waited_frames: 0,
         },
         TransportControl {
             commands: command_tx,
@@ -184,6 +191,14 @@ impl Transport {
         self.handle_commands();
         let mut offset = 0;
         let mut set_ended_at = None;
+        if self.waiting_for_queue {
+            self.waited_frames += frames;
+            if self.waited_frames > MAX_QUEUE_WAIT_FRAMES {
+                self.waiting_for_queue = false;
+                self.awaiting_queue = false;
+                self.end_set_now = true;
+            }
+        }
         if self.end_set_now {
             self.end_set_now = false;
             set_ended_at = Some(0);
@@ -220,6 +235,7 @@ impl Transport {
                     None if self.awaiting_queue => {
                         self.playing = false;
                         self.waiting_for_queue = true;
+                        self.waited_frames = 0;
                     }
                     None => {
                         self.playing = false;
@@ -261,7 +277,9 @@ impl Transport {
             };
             match command {
                 Command::Load(song) => {
+                    // An explicit choice: whatever was owed for the old song is void.
                     self.waiting_for_queue = false;
+                    self.awaiting_queue = false;
                     let id = song.id;
                     let old = self.current.replace(song);
                     self.discard(old);
@@ -305,6 +323,7 @@ impl Transport {
                 }
                 Command::Stop => {
                     self.waiting_for_queue = false;
+                    self.awaiting_queue = false;
                     self.playing = false;
                     let old = self.current.take();
                     let id = old.as_ref().map(|s| s.id);
