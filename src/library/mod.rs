@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use config::{
-    AudioConfig, Config, MidiConfig, MidiControlConfig, MidiOutputConfig, MidiTarget,
+    AudioConfig, Config, MidiConfig, MidiControlConfig, MidiOutputConfig, MidiTarget, OnReconnect,
     RealtimeConfig, ServiceConfig, MAX_OUTPUT_CHANNELS,
 };
 pub use diagnostic::{locate, Diagnostic, Place};

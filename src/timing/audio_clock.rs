@@ -465,6 +465,20 @@ impl AudioClockWriter {
         self.publish(&state);
     }
 
+    /// The time the published mapping gives `frame` (what readers see), or `None` before the
+    /// first update. Real-time safe. A stream that replaces a lost one uses it to tell how
+    /// many frames the outage lasted, so that the mapping stays continuous across it.
+    pub fn time_of_frame(&self, frame: u64) -> Option<u64> {
+        let state = self.state.as_ref()?;
+        let frames = frame.wrapping_sub(state.frame) as i64 as f64;
+        let offset = (state.published_time + frames * state.published_ns_per_frame).round();
+        Some(if offset >= 0.0 {
+            state.base_ns.saturating_add(offset as u64)
+        } else {
+            state.base_ns.saturating_sub((-offset) as u64)
+        })
+    }
+
     /// Makes the next [`update`](Self::update) start a new generation from the nominal rate,
     /// e.g. after the stream was restarted. Real-time safe.
     pub fn reset(&mut self) {
