@@ -749,7 +749,10 @@ impl Player {
             .and_then(|id| self.prepared.get(&id))
             .and_then(|i| self.setlist.songs.get(i.index))
         {
-            info!("audio device back: `{}` starts again", song.name);
+            info!(
+                "on_reconnect: restart: `{}` plays again from its start",
+                song.name
+            );
         }
         self.stop();
         self.play();

@@ -697,6 +697,30 @@ impl JackServer {
         }
     }
 
+    /// Starts jackd again under the same name, rate and period after [`JackServer::kill`] or
+    /// [`JackServer::stop`] (the server coming back); returns once it accepts clients. Stop
+    /// recorders of the old server first.
+    pub fn restart(&self) {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            guard.is_none(),
+            "restart: jackd {} is still running",
+            self.name
+        );
+        reclaim_dead_jack_servers();
+        let child = spawn_jackd(
+            &self.name,
+            self.sample_rate,
+            self.period,
+            self.realtime_requested,
+            &self.log_path,
+        )
+        .unwrap_or_else(|e| panic!("restart jackd {}: {e}\n{}", self.name, self.log()));
+        *guard = Some(child);
+        self.gone.store(false, Ordering::Release);
+        log(&format!("jackd {} restarted", self.name));
+    }
+
     /// Stops jackd gracefully: SIGTERM, up to 3 s, then SIGKILL. Idempotent.
     pub fn stop(&self) {
         self.gone.store(true, Ordering::Release);

@@ -1,0 +1,321 @@
+//! A lost audio device, for real: the JACK dummy server is killed mid-song and a new one
+//! with the same name comes back a second later. The real binary must keep running, report
+//! the loss once, reconnect, and play again within 2 s of the server being up — where the
+//! song would have been (the default) or from its start (`audio.on_reconnect: restart`) —
+//! on a SCHED_FIFO thread again when it can.
+//!
+//! The song is a DC ramp: every sample says where in the song it is, so a recording tells
+//! the song position exactly.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fixtures::TestShow;
+use common::{unique_client_name, wait_until, JackServer, Recorder, Recording};
+
+const RATE: u32 = 48_000;
+const PERIOD: u32 = 256;
+/// The song's length: long enough that it never ends during a test.
+const SONG_SECONDS: f64 = 40.0;
+/// Ramp value at frame 0 and its rise over the song.
+const RAMP_START: f64 = 0.1;
+const RAMP_RISE: f64 = 0.8;
+
+fn ramp_show(tag: &str, extra_audio: &str) -> TestShow {
+    let show = TestShow::new(tag);
+    let frames = (SONG_SECONDS * f64::from(RATE)) as usize;
+    let ramp: Vec<i16> = (0..frames)
+        .map(|n| {
+            let v = RAMP_START + RAMP_RISE * n as f64 / frames as f64;
+            (v * 32767.0).round() as i16
+        })
+        .collect();
+    show.wav_i16("songs/1/ramp.wav", RATE, &[ramp]);
+    show.song("1", "Ramp", &[("ramp", "ramp.wav", None)]);
+    show.write(
+        "backline.yaml",
+        &format!(
+            "songs: songs\naudio:\n  device: jack\n{extra_audio}  track_mappings:\n    ramp: [1]\n"
+        ),
+    );
+    show
+}
+
+/// Song position in seconds that a recorded sample says.
+fn position_of(sample: f32) -> f64 {
+    let v = f64::from((sample * 32768.0).round()) / 32767.0;
+    (v - RAMP_START) / RAMP_RISE * SONG_SECONDS
+}
+
+/// JACK microseconds (CLOCK_MONOTONIC) of recorded sample `index`.
+fn usecs_of(rec: &Recording, index: usize) -> f64 {
+    rec.first_frame_usecs.expect("recorded something") as f64
+        + index as f64 * 1e6 / f64::from(rec.sample_rate)
+}
+
+struct Player {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Player {
+    fn spawn(show: &TestShow, server: &JackServer, client: &str) -> Player {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backline"))
+            .arg("play")
+            .arg(&show.root)
+            .args(["--output", &format!("jack:{client}")])
+            .envs(server.envs())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run backline");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let stderr = stderr.clone();
+            let mut pipe = child.stderr.take().expect("stderr piped");
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                    stderr
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_str(&text);
+                }
+            })
+        };
+        Player {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn text(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIGTERM ends the player: {}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.text())
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Threads of `pid` named `name`, with their scheduling policy (field 41 of their stat).
+fn threads_named(pid: u32, name: &str) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command (in parentheses) start at field 3.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let policy = after
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(u32::MAX);
+        let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
+        found.push((tid, policy));
+    }
+    found
+}
+
+struct Outcome {
+    /// Seconds from the new server accepting clients to the first audio it played.
+    recovery_s: f64,
+    /// Song position of the first sample after the outage, seconds.
+    resumed_at_s: f64,
+    /// Where the song would have been at that moment, had the device never gone.
+    would_have_been_s: f64,
+    log: String,
+}
+
+/// Plays, kills the server after 3 s, brings it back 1 s later, records 3 s more.
+fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
+    let show = ramp_show(tag, extra_audio);
+    let server = JackServer::start(RATE, PERIOD);
+    let client = unique_client_name("backline");
+    let ports = format!("{client}:out_");
+    let recorder = Recorder::start(&server, &ports, 1);
+    let player = Player::spawn(&show, &server, &client);
+    assert!(
+        recorder.wait_connected(Duration::from_secs(20)),
+        "{}",
+        player.text()
+    );
+    let playing = recorder.frames_so_far() + 3 * u64::from(RATE);
+    assert!(wait_until(Duration::from_secs(15), || recorder
+        .frames_so_far()
+        >= playing));
+    server.kill();
+    let before = recorder.stop();
+    assert!(
+        wait_until(Duration::from_secs(10), || player
+            .text()
+            .contains("audio device lost")),
+        "the loss is reported: {}",
+        player.text()
+    );
+    // When the song started, on the JACK clock, from a sample in the middle of the recording.
+    let samples = &before.channels[0];
+    let probe = samples
+        .iter()
+        .rposition(|s| s.abs() > 0.05)
+        .expect("audio before the loss");
+    let probe = probe.saturating_sub(RATE as usize / 2);
+    let song_start_us = usecs_of(&before, probe) - position_of(samples[probe]) * 1e6;
+
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(player_alive(&player), "still running: {}", player.text());
+    server.restart();
+    let up_us = jack::get_time() as f64;
+    let recorder = Recorder::start(&server, &ports, 1);
+    assert!(
+        recorder.wait_connected(Duration::from_secs(10)),
+        "the player's ports come back: {}",
+        player.text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || player
+            .text()
+            .contains("audio device back")),
+        "the recovery is reported: {}",
+        player.text()
+    );
+    let recorded = recorder.frames_so_far() + 2 * u64::from(RATE);
+    assert!(wait_until(Duration::from_secs(10), || recorder
+        .frames_so_far()
+        >= recorded));
+    if unsafe { libc::geteuid() } == 0 {
+        let audio = threads_named(player.child.id(), "backline-audio");
+        assert!(
+            audio.iter().any(|&(_, policy)| policy == 1),
+            "the new audio thread runs SCHED_FIFO: {audio:?}\n{}",
+            player.text()
+        );
+    }
+    let after = recorder.stop();
+    let samples = &after.channels[0];
+    let first = samples
+        .iter()
+        .position(|s| s.abs() > 0.05)
+        .unwrap_or_else(|| panic!("audio after the reconnect: {}", player.text()));
+    let heard_us = usecs_of(&after, first);
+    // Skip the ramp's first samples after the gain: take one a few ms in.
+    let settled = (first + 480).min(samples.len() - 1);
+    let resumed_at_s = position_of(samples[settled]) - 480.0 / f64::from(RATE);
+    let would_have_been_s = (heard_us - song_start_us) / 1e6;
+    let (status, log) = player.terminate();
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(
+        log.matches("audio device lost").count(),
+        1,
+        "the loss is logged once: {log}"
+    );
+    assert_eq!(
+        log.matches("audio device back:").count(),
+        1,
+        "the recovery is logged once: {log}"
+    );
+    Outcome {
+        recovery_s: (heard_us - up_us) / 1e6,
+        resumed_at_s,
+        would_have_been_s,
+        log,
+    }
+}
+
+fn player_alive(player: &Player) -> bool {
+    unsafe { libc::kill(player.child.id() as libc::pid_t, 0) == 0 }
+}
+
+#[test]
+fn a_server_that_comes_back_resumes_the_song_where_it_would_have_been() {
+    let outcome = lose_and_recover("reconnect-resume", "");
+    eprintln!(
+        "resume: audio back {:.3} s after the server; song at {:.3} s, would have been at {:.3} s",
+        outcome.recovery_s, outcome.resumed_at_s, outcome.would_have_been_s
+    );
+    assert!(
+        outcome.recovery_s < 2.0,
+        "audio within 2 s of the server: {:.3} s\n{}",
+        outcome.recovery_s,
+        outcome.log
+    );
+    assert!(
+        (outcome.resumed_at_s - outcome.would_have_been_s).abs() < 0.5,
+        "resumed at {:.3} s, would have been at {:.3} s\n{}",
+        outcome.resumed_at_s,
+        outcome.would_have_been_s,
+        outcome.log
+    );
+    assert!(
+        outcome.log.contains("where it would have been"),
+        "{}",
+        outcome.log
+    );
+}
+
+#[test]
+fn with_on_reconnect_restart_the_song_starts_again() {
+    let outcome = lose_and_recover("reconnect-restart", "  on_reconnect: restart\n");
+    eprintln!(
+        "restart: audio back {:.3} s after the server; song at {:.3} s",
+        outcome.recovery_s, outcome.resumed_at_s
+    );
+    assert!(
+        outcome.recovery_s < 2.0,
+        "audio within 2 s of the server: {:.3} s\n{}",
+        outcome.recovery_s,
+        outcome.log
+    );
+    assert!(
+        outcome.resumed_at_s < 0.5,
+        "restarted from the top: at {:.3} s\n{}",
+        outcome.resumed_at_s,
+        outcome.log
+    );
+    assert!(outcome.log.contains("starts again"), "{}", outcome.log);
+}
