@@ -319,3 +319,169 @@ fn with_on_reconnect_restart_the_song_starts_again() {
     );
     assert!(outcome.log.contains("starts again"), "{}", outcome.log);
 }
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads a FIFO non-blocking, timestamping every byte, until `stop`; with `gone`, the reader
+/// goes away for that window (closes the FIFO) and then opens it again. Returns the bytes and
+/// when the FIFO was opened again.
+fn fifo_reader(
+    path: &std::path::Path,
+    gone: Option<(Duration, Duration)>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<(u64, u8)>, Option<u64>)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::Ordering;
+    let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: c_path is a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
+    let open = {
+        let path = path.to_path_buf();
+        move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .expect("open fifo")
+        }
+    };
+    let mut file = Some(open());
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let mut reopened = None;
+        let mut buffer = [0u8; 256];
+        loop {
+            if let Some((close_at, reopen_at)) = gone {
+                let elapsed = started.elapsed();
+                if file.is_some() && reopened.is_none() && elapsed >= close_at && elapsed < reopen_at
+                {
+                    file = None;
+                } else if file.is_none() && elapsed >= reopen_at {
+                    file = Some(open());
+                    reopened = Some(now_ns());
+                }
+            }
+            let read = file.as_mut().map(|f| f.read(&mut buffer));
+            match read {
+                Some(Ok(n)) if n > 0 => {
+                    let t = now_ns();
+                    bytes.extend(buffer[..n].iter().map(|&b| (t, b)));
+                }
+                _ => {
+                    if stop.load(Ordering::Acquire) {
+                        return (bytes, reopened);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    })
+}
+
+/// Arrival times of Timing Clock bytes.
+fn ticks(bytes: &[(u64, u8)]) -> Vec<u64> {
+    bytes
+        .iter()
+        .filter(|&&(_, b)| b == 0xF8)
+        .map(|&(t, _)| t)
+        .collect()
+}
+
+#[test]
+fn a_midi_output_whose_reader_comes_back_gets_the_clock_again_without_disturbing_the_rest() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let show = TestShow::new("midi-reconnect");
+    show.tone_song("a", "Long", 440.0, 20.0);
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
+    );
+    show.write(
+        "backline.yaml",
+        &format!(
+            "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\nmidi:\n  outputs:\n    - name: flaky\n      path: {}\n    - name: steady\n      path: {}\n",
+            show.path("flaky.fifo").display(),
+            show.path("steady.fifo").display()
+        ),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // The flaky reader goes away 4 s in and comes back a second later.
+    let flaky = fifo_reader(
+        &show.path("flaky.fifo"),
+        Some((Duration::from_secs(4), Duration::from_secs(5))),
+        stop.clone(),
+    );
+    let steady = fifo_reader(&show.path("steady.fifo"), None, stop.clone());
+    let server = JackServer::start(RATE, PERIOD);
+    let client = unique_client_name("backline");
+    let recorder = Recorder::start(&server, &format!("{client}:out_"), 1);
+    let player = Player::spawn(&show, &server, &client);
+    assert!(
+        recorder.wait_connected(Duration::from_secs(20)),
+        "{}",
+        player.text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || player
+            .text()
+            .contains("connected (")
+            && player.text().contains("MIDI output `flaky` lost")),
+        "the flaky output is lost: {}",
+        player.text()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, log) = player.terminate();
+    stop.store(true, Ordering::Release);
+    let recording = recorder.stop();
+    let (flaky, reopened) = flaky.join().expect("flaky reader");
+    let (steady, _) = steady.join().expect("steady reader");
+    assert!(status.success(), "exit {status:?}: {log}");
+    let reopened = reopened.expect("the flaky reader came back");
+
+    // The flaky output gets the clock again, soon after its reader is back.
+    let flaky_ticks = ticks(&flaky);
+    let first_again = flaky_ticks
+        .iter()
+        .find(|&&t| t >= reopened)
+        .unwrap_or_else(|| panic!("ticks after the reader came back: {log}"));
+    let back_after = (first_again - reopened) as f64 / 1e9;
+    eprintln!("MIDI output back {back_after:.3} s after its reader");
+    assert!(back_after < 2.0, "{back_after:.3} s\n{log}");
+    assert_eq!(
+        log.matches("MIDI output `flaky` lost").count(),
+        1,
+        "lost once: {log}"
+    );
+    assert!(!log.contains("MIDI output `steady` lost"), "{log}");
+
+    // The steady output never missed a tick (120 BPM: one every 20.8 ms) while the song
+    // played, the other's loss notwithstanding.
+    let steady_ticks = ticks(&steady);
+    assert!(steady_ticks.len() > 300, "{} ticks", steady_ticks.len());
+    let worst = steady_ticks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0) as f64
+        / 1e6;
+    eprintln!("steady output: worst tick interval {worst:.1} ms");
+    assert!(worst < 100.0, "steady ticks kept coming: worst gap {worst:.1} ms");
+
+    // Audio played on without a dropout.
+    let samples = &recording.channels[0];
+    let (start, end) = common::non_silent_span(samples, 0.05).expect("audio");
+    let longest = common::fixtures::longest_silence(&samples[start..end]);
+    assert!(
+        longest < 4 * PERIOD as usize,
+        "no dropout in the audio: {longest} silent frames"
+    );
+}
