@@ -35,11 +35,15 @@ fn ramp_show(tag: &str, extra_audio: &str) -> TestShow {
         })
         .collect();
     show.wav_i16("songs/1/ramp.wav", RATE, &[ramp]);
-    show.song("1", "Ramp", &[("ramp", "ramp.wav", None)]);
+    show.write(
+        "songs/1/song.yaml",
+        "kind: song\nname: Ramp\ntracks:\n  - name: ramp\n    file: ramp.wav\ntempo: { bpm: 120 }\n",
+    );
     show.write(
         "backline.yaml",
         &format!(
-            "songs: songs\naudio:\n  device: jack\n{extra_audio}  track_mappings:\n    ramp: [1]\n"
+            "songs: songs\naudio:\n  device: jack\n{extra_audio}  track_mappings:\n    ramp: [1]\nmidi:\n  outputs:\n    - name: clock\n      path: {}\n",
+            show.path("clock.fifo").display()
         ),
     );
     show
@@ -169,11 +173,16 @@ struct Outcome {
     /// Where the song would have been at that moment, had the device never gone.
     would_have_been_s: f64,
     log: String,
+    /// Timing Clock arrival times on the MIDI output, and every byte.
+    ticks: Vec<u64>,
+    midi: Vec<(u64, u8)>,
 }
 
 /// Plays, kills the server after 3 s, brings it back 1 s later, records 3 s more.
 fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
     let show = ramp_show(tag, extra_audio);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let midi = fifo_reader(&show.path("clock.fifo"), None, stop.clone());
     let server = JackServer::start(RATE, PERIOD);
     let client = unique_client_name("backline");
     let ports = format!("{client}:out_");
@@ -224,9 +233,13 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
         player.text()
     );
     let recorded = recorder.frames_so_far() + 2 * u64::from(RATE);
-    assert!(wait_until(Duration::from_secs(10), || recorder
-        .frames_so_far()
-        >= recorded));
+    assert!(
+        wait_until(Duration::from_secs(10), || recorder.frames_so_far()
+            >= recorded),
+        "the new server runs: {}\n--- jackd ---\n{}",
+        player.text(),
+        server.log()
+    );
     if unsafe { libc::geteuid() } == 0 {
         let audio = threads_named(player.child.id(), "backline-audio");
         assert!(
@@ -247,6 +260,8 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
     let resumed_at_s = position_of(samples[settled]) - 480.0 / f64::from(RATE);
     let would_have_been_s = (heard_us - song_start_us) / 1e6;
     let (status, log) = player.terminate();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (midi, _) = midi.join().expect("MIDI reader");
     assert!(status.success(), "exit {status:?}: {log}");
     assert!(!log.contains("panicked"), "{log}");
     assert_eq!(
@@ -264,7 +279,17 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
         resumed_at_s,
         would_have_been_s,
         log,
+        ticks: ticks(&midi),
+        midi,
     }
+}
+
+/// Shortest and longest interval between Timing Clocks, in ms.
+fn tick_intervals(ticks: &[u64]) -> (f64, f64) {
+    let intervals = ticks.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6);
+    let shortest = intervals.clone().fold(f64::MAX, f64::min);
+    let longest = intervals.fold(0.0, f64::max);
+    (shortest, longest)
 }
 
 fn player_alive(player: &Player) -> bool {
@@ -296,6 +321,23 @@ fn a_server_that_comes_back_resumes_the_song_where_it_would_have_been() {
         "{}",
         outcome.log
     );
+    // The beat clock runs on through the outage (the song goes on where it would have been)
+    // and across the reconnect: no burst, no gap, no restart.
+    let (shortest, longest) = tick_intervals(&outcome.ticks);
+    eprintln!(
+        "resume: tick intervals {shortest:.1}..{longest:.1} ms (nominal 20.8), {} bytes",
+        outcome.midi.len()
+    );
+    assert!(
+        outcome.ticks.len() > 150,
+        "{} ticks\n{}",
+        outcome.ticks.len(),
+        outcome.log
+    );
+    assert!(shortest > 10.0, "no burst of ticks: {shortest:.1} ms");
+    assert!(longest < 60.0, "no gap in the clock: {longest:.1} ms");
+    let starts = outcome.midi.iter().filter(|&&(_, b)| b == 0xFA).count();
+    assert_eq!(starts, 1, "one Start: the clock never restarted");
 }
 
 #[test]
@@ -317,7 +359,23 @@ fn with_on_reconnect_restart_the_song_starts_again() {
         outcome.resumed_at_s,
         outcome.log
     );
-    assert!(outcome.log.contains("starts again"), "{}", outcome.log);
+    assert!(outcome.log.contains("from its start"), "{}", outcome.log);
+    // The clock stops with the song at the loss and starts again with it: Start, Stop,
+    // Start, and no burst of ticks anywhere.
+    let transport: Vec<u8> = outcome
+        .midi
+        .iter()
+        .map(|&(_, b)| b)
+        .filter(|&b| b == 0xFA || b == 0xFC || b == 0xFB)
+        .collect();
+    assert_eq!(
+        &transport[..3.min(transport.len())],
+        &[0xFA, 0xFC, 0xFA],
+        "{transport:02X?}"
+    );
+    let (shortest, _) = tick_intervals(&outcome.ticks);
+    eprintln!("restart: shortest tick interval {shortest:.1} ms");
+    assert!(shortest > 10.0, "no burst of ticks: {shortest:.1} ms");
 }
 
 fn now_ns() -> u64 {
@@ -362,7 +420,10 @@ fn fifo_reader(
         loop {
             if let Some((close_at, reopen_at)) = gone {
                 let elapsed = started.elapsed();
-                if file.is_some() && reopened.is_none() && elapsed >= close_at && elapsed < reopen_at
+                if file.is_some()
+                    && reopened.is_none()
+                    && elapsed >= close_at
+                    && elapsed < reopen_at
                 {
                     file = None;
                 } else if file.is_none() && elapsed >= reopen_at {
@@ -474,7 +535,10 @@ fn a_midi_output_whose_reader_comes_back_gets_the_clock_again_without_disturbing
         .unwrap_or(0) as f64
         / 1e6;
     eprintln!("steady output: worst tick interval {worst:.1} ms");
-    assert!(worst < 100.0, "steady ticks kept coming: worst gap {worst:.1} ms");
+    assert!(
+        worst < 100.0,
+        "steady ticks kept coming: worst gap {worst:.1} ms"
+    );
 
     // Audio played on without a dropout.
     let samples = &recording.channels[0];
