@@ -388,6 +388,9 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Timestamped bytes, and when the reader came back (if it went away).
+type Captured = (Vec<(u64, u8)>, Option<u64>);
+
 /// Reads a FIFO non-blocking, timestamping every byte, until `stop`; with `gone`, the reader
 /// goes away for that window (closes the FIFO) and then opens it again. Returns the bytes and
 /// when the FIFO was opened again.
@@ -395,7 +398,7 @@ fn fifo_reader(
     path: &std::path::Path,
     gone: Option<(Duration, Duration)>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(Vec<(u64, u8)>, Option<u64>)> {
+) -> std::thread::JoinHandle<Captured> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::sync::atomic::Ordering;
     let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");

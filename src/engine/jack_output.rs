@@ -340,6 +340,12 @@ pub fn describe_server() -> String {
     }
 }
 
+impl super::reconnect::LiveStream for JackOutput {
+    fn is_lost(&self) -> bool {
+        JackOutput::is_lost(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,11 +373,5 @@ mod tests {
                 "system:playback_10"
             ]
         );
-    }
-}
-
-impl super::reconnect::LiveStream for JackOutput {
-    fn is_lost(&self) -> bool {
-        JackOutput::is_lost(self)
     }
 }
