@@ -967,4 +967,44 @@ mod tests {
         let (mut writer, _clock) = new(RATE);
         update(&mut writer, 0, 1);
     }
+
+    #[test]
+    fn the_writer_sees_the_mapping_readers_see() {
+        let (mut writer, clock) = AudioClock::new(RATE);
+        assert_eq!(writer.time_of_frame(0), None);
+        let period = 256u64;
+        let ns = |frames: u64| frames * 1_000_000_000 / u64::from(RATE);
+        for n in 0..500u64 {
+            writer.update(n * period, 5_000_000_000 + ns(n * period) + (n % 7) * 20_000);
+        }
+        for frame in [0, 500 * period, 600 * period, 10_000_000] {
+            assert_eq!(writer.time_of_frame(frame), clock.time_of_frame(frame));
+        }
+    }
+
+    #[test]
+    fn an_outage_counted_in_frames_keeps_the_mapping_continuous() {
+        // A stream that replaces a lost one advances the counter by the outage measured on
+        // the mapping: the restart lands where the old mapping already had that frame.
+        let (mut writer, clock) = AudioClock::new(RATE);
+        let period = 256u64;
+        let ns = |frames: u64| frames * 1_000_000_000 / u64::from(RATE);
+        let start = 1_000_000_000u64;
+        let mut frame = 0;
+        for _ in 0..1000 {
+            writer.update(frame, start + ns(frame));
+            frame += period;
+        }
+        let generation = clock.generation();
+        let resumed_at = start + ns(frame) + 1_234_567_890;
+        let due = writer.time_of_frame(frame).expect("a mapping");
+        let outage = (resumed_at - due) * u64::from(RATE) / 1_000_000_000;
+        let tick_frame = frame + outage + 10 * period;
+        let before = clock.time_of_frame(tick_frame).expect("a mapping");
+        writer.update(frame + outage, resumed_at);
+        assert_eq!(clock.generation(), generation + 1, "a new generation");
+        let after = clock.time_of_frame(tick_frame).expect("a mapping");
+        let step = after as i64 - before as i64;
+        assert!(step.abs() < 25_000, "step {step} ns (under one frame)");
+    }
 }
