@@ -69,11 +69,24 @@ struct Player {
 
 impl Player {
     fn spawn(show: &TestShow, server: &JackServer, client: &str) -> Player {
+        Player::spawn_with(show, server, client, &[])
+    }
+
+    fn spawn_with(
+        show: &TestShow,
+        server: &JackServer,
+        client: &str,
+        envs: &[(&str, String)],
+    ) -> Player {
         let mut child = Command::new(env!("CARGO_BIN_EXE_backline"))
             .arg("play")
             .arg(&show.root)
             .args(["--output", &format!("jack:{client}")])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .envs(server.envs())
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -551,4 +564,90 @@ fn a_midi_output_whose_reader_comes_back_gets_the_clock_again_without_disturbing
         longest < 4 * PERIOD as usize,
         "no dropout in the audio: {longest} silent frames"
     );
+}
+
+/// sd_notify datagrams from the player, one line each, with their arrival time.
+fn notify_listener(path: &std::path::Path) -> Arc<Mutex<Vec<(Instant, String)>>> {
+    let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind the notify socket");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            let now = Instant::now();
+            let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+            sink.extend(text.lines().map(|l| (now, l.to_string())));
+        }
+    });
+    lines
+}
+
+#[test]
+fn systemd_hears_the_loss_and_the_watchdog_keeps_pinging_while_reconnecting() {
+    let show = ramp_show("reconnect-notify", "");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _midi = fifo_reader(&show.path("clock.fifo"), None, stop.clone());
+    let notify = show.path("notify.sock");
+    let lines = notify_listener(&notify);
+    let seen = |prefix: &str, after: Instant| {
+        lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(t, l)| *t >= after && l.starts_with(prefix))
+            .map(|(_, l)| l.clone())
+            .collect::<Vec<_>>()
+    };
+    let server = JackServer::start(RATE, PERIOD);
+    let client = unique_client_name("backline");
+    let player = Player::spawn_with(
+        &show,
+        &server,
+        &client,
+        &[
+            ("NOTIFY_SOCKET", notify.display().to_string()),
+            ("WATCHDOG_USEC", "1000000".to_string()),
+        ],
+    );
+    let start = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || !seen("READY=1", start)
+            .is_empty()),
+        "READY: {}",
+        player.text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    server.kill();
+    let lost = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || seen("STATUS=", lost)
+            .iter()
+            .any(|l| l.contains("audio device lost, retrying"))),
+        "STATUS says so: {:?}\n{}",
+        seen("STATUS=", lost),
+        player.text()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let pings = seen("WATCHDOG=1", lost).len();
+    assert!(
+        pings >= 3,
+        "the watchdog keeps pinging while reconnecting: {pings} pings in {:.1} s\n{}",
+        lost.elapsed().as_secs_f64(),
+        player.text()
+    );
+    server.restart();
+    let back = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || seen("STATUS=playing", back)
+            .iter()
+            .any(|l| l.contains("Ramp"))),
+        "STATUS is back to playing: {:?}\n{}",
+        seen("STATUS=", back),
+        player.text()
+    );
+    let (status, log) = player.terminate();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(!log.contains("not pinging"), "no watchdog complaint: {log}");
 }

@@ -975,7 +975,10 @@ mod tests {
         let period = 256u64;
         let ns = |frames: u64| frames * 1_000_000_000 / u64::from(RATE);
         for n in 0..500u64 {
-            writer.update(n * period, 5_000_000_000 + ns(n * period) + (n % 7) * 20_000);
+            writer.update(
+                n * period,
+                5_000_000_000 + ns(n * period) + (n % 7) * 20_000,
+            );
         }
         for frame in [0, 500 * period, 600 * period, 10_000_000] {
             assert_eq!(writer.time_of_frame(frame), clock.time_of_frame(frame));
