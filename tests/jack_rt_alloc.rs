@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use assert_no_alloc::AllocDisabler;
+use backline::engine::handover::{Engine, EngineSlot};
 use backline::engine::jack_output;
 use backline::engine::mixer::{routes_for, SongMixer, StemMix};
 use backline::engine::{transport, AudioCallback, Command, PreparedSong};
@@ -90,8 +91,13 @@ fn the_jack_process_callback_never_allocates() {
     }
 
     let callback = AudioCallback::new(transport, status.clone(), 2, RATE, None, Some(timings));
-    let output = jack_output::start(open, callback, Some(Box::new(sink)), status.clone())
-        .expect("start the JACK client");
+    let slot = Arc::new(EngineSlot::new(Engine {
+        callback,
+        hook: Some(Box::new(sink)),
+    }));
+    let token = slot.owner();
+    let output =
+        jack_output::start(open, slot, token, status.clone(), &[]).expect("start the JACK client");
     assert!(
         recorder.wait_connected(Duration::from_secs(10)),
         "{:?}",

@@ -94,7 +94,9 @@ pub fn clock(seconds: f64) -> String {
 /// The one-line status, e.g.
 /// `▶ 2/3 Tempo Change  0:12/0:16  120.0 BPM  jack:backline_out  xruns 0  RT audio FIFO 70 (CAP_SYS_NICE)`.
 pub fn status_line(status: &StatusSnapshot, audio_role: Role, clock_p99_us: Option<f64>) -> String {
-    let state = if status.set_ended {
+    let state = if status.device_lost {
+        "⚠ audio device lost, retrying"
+    } else if status.set_ended {
         "■ end of set"
     } else if status.playing {
         "▶"
@@ -274,6 +276,7 @@ mod tests {
                 xruns: 1,
                 playing: true,
                 set_ended: false,
+                device_lost: false,
             },
             Role::Audio,
             Some(38.4),

@@ -4,17 +4,20 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{error, info, warn};
 
 use super::console::{self, ShowStatus, StatusLine, TerminalGuard};
-use crate::engine::jack_output::{self, CycleHook, JackOpen, JackOutput};
+use crate::engine::handover::{Engine, EngineSlot};
+use crate::engine::jack_output::{self, CycleHook, JackOpen};
 use crate::engine::output::{self, OpenedOutput, OutputRequest};
+use crate::engine::reconnect::{LiveStream, Opener, Presence, ReconnectSettings, Supervisor};
 use crate::engine::render::{wav_path, RenderSettings, WavRender};
 use crate::engine::Request;
 use crate::engine::{
-    transport, AudioCallback, FirstCallbackHook, Player, RunSummary, SongObserver,
+    transport, AudioCallback, FirstCallbackHook, Player, RunSummary, SharedStatus, SongObserver,
 };
 use crate::library::{Diagnostic, MidiTarget, Show, Song};
 use crate::midi::{
@@ -197,6 +200,97 @@ pub fn report_library_problems(show: &Show) -> usize {
     show.library.errors.len()
 }
 
+/// Opens the JACK client `name` again (after its server went away) with the same ports, the
+/// JACK MIDI ports re-registered, on the same engine.
+fn jack_opener(name: String, channels: u16, rate: u32, status: Arc<SharedStatus>) -> Opener {
+    Box::new(move |mut engine: Box<Engine>, slot: &Arc<EngineSlot>| {
+        let open = match jack_output::open(&name, channels, rate) {
+            Ok(open) => open,
+            Err(e) => return Err((e, engine)),
+        };
+        if open.opened.sample_rate != rate {
+            let e = format!(
+                "the JACK server is back at {} Hz, not {rate} Hz: the show's audio is prepared for {rate} Hz; restart backline or the server at {rate} Hz",
+                open.opened.sample_rate
+            );
+            return Err((e, engine));
+        }
+        let connections = engine
+            .hook
+            .as_mut()
+            .map(|hook| hook.reattach(open.client()))
+            .unwrap_or_default();
+        let token = slot.put(engine);
+        match jack_output::start(open, slot.clone(), token, status.clone(), &connections) {
+            Ok(stream) => Ok(Box::new(stream) as Box<dyn LiveStream>),
+            Err(e) => match slot.take(Duration::from_secs(2)) {
+                Some(engine) => Err((e, engine)),
+                None => {
+                    error!("{e}; the audio state is stuck in the failed stream");
+                    Err((e, Box::new(empty_engine(rate, status.clone()))))
+                }
+            },
+        }
+    })
+}
+
+/// Opens the cpal device again (after it reported itself gone) on the same engine.
+fn cpal_opener(request: OutputRequest, rate: u32, status: Arc<SharedStatus>) -> Opener {
+    Box::new(move |engine: Box<Engine>, slot: &Arc<EngineSlot>| {
+        let chosen = match output::choose(&request) {
+            Ok(chosen) => chosen,
+            Err(e) => return Err((e, engine)),
+        };
+        if chosen.opened.sample_rate != rate {
+            let e = format!(
+                "the audio device is back but opens at {} Hz, not {rate} Hz",
+                chosen.opened.sample_rate
+            );
+            return Err((e, engine));
+        }
+        let token = slot.put(engine);
+        match output::start(chosen, slot.clone(), token, status.clone()) {
+            Ok(stream) => Ok(Box::new(stream) as Box<dyn LiveStream>),
+            Err(e) => match slot.take(Duration::from_secs(2)) {
+                Some(engine) => Err((e, engine)),
+                None => {
+                    error!("{e}; the audio state is stuck in the failed stream");
+                    Err((e, Box::new(empty_engine(rate, status.clone()))))
+                }
+            },
+        }
+    })
+}
+
+/// A silent engine, for the case a failed stream never gives the real one back.
+fn empty_engine(rate: u32, _status: Arc<SharedStatus>) -> Engine {
+    let (transport, control) = transport::transport();
+    Engine {
+        callback: AudioCallback::new(transport, control.status, 2, rate, None, None),
+        hook: None,
+    }
+}
+
+/// Whether an ALSA device may be back: the set of sound device nodes changed since the loss.
+fn alsa_presence() -> Presence {
+    let count = || {
+        std::fs::read_dir("/dev/snd")
+            .map(|dir| dir.flatten().count())
+            .unwrap_or(0)
+    };
+    let mut at_loss: Option<usize> = None;
+    Box::new(move || {
+        let now = count();
+        match at_loss {
+            None => {
+                at_loss = Some(now);
+                false
+            }
+            Some(before) => now > before,
+        }
+    })
+}
+
 /// Runs `backline play`. Returns the process exit code.
 pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     // Signals first: a SIGTERM, SIGHUP or SIGUSR1 during loading must not kill the process.
@@ -302,7 +396,12 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     } else {
         Role::Audio
     };
+    // Runs on the first callback of every stream, so a stream that replaces a lost one
+    // promotes its new thread too.
     let promote: FirstCallbackHook = Box::new(move || {
+        // The backend's thread has no name of ours: give it one (ps, tests, the rt report).
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"backline-audio".as_ptr()) };
         rt::prefault_stack();
         rt::promote_current_thread(role, &settings, &probe);
     });
@@ -398,11 +497,11 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     callback.set_audio_clock(audio_clock_writer);
     // Keep the output alive for the whole run.
     enum Running {
-        Device(output::CpalOutput),
-        Jack(JackOutput),
+        Device(Supervisor),
         Wav(WavRender),
     }
-    let running = match (&wav, chosen) {
+    let on_reconnect = show.config.audio.on_reconnect;
+    let started: Result<(Running, OpenedOutput), String> = match (&wav, chosen) {
         (Some(path), _) => {
             let hook: FirstCallbackHook = Box::new(move || {
                 rt::prefault_stack();
@@ -420,42 +519,64 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
                 },
                 callback,
             )
-            .map(Running::Wav)
+            .map(|render| {
+                let opened = render.opened.clone();
+                (Running::Wav(render), opened)
+            })
         }
         (None, Some(Chosen::Cpal(chosen))) => {
-            output::start(chosen, callback, status.clone()).map(Running::Device)
+            let slot = Arc::new(EngineSlot::new(Engine {
+                callback,
+                hook: None,
+            }));
+            let token = slot.owner();
+            output::start(chosen, slot.clone(), token, status.clone()).and_then(|first| {
+                let opened = first.opened.clone();
+                let settings = ReconnectSettings {
+                    device: opened.description.clone(),
+                    on_reconnect,
+                    opener: cpal_opener(request.clone(), rate, status.clone()),
+                    presence: Some(alsa_presence()),
+                };
+                Supervisor::start(Box::new(first), slot, status.clone(), settings)
+                    .map(|supervisor| (Running::Device(supervisor), opened))
+            })
         }
         (None, Some(Chosen::Jack(open))) => {
             let hook = jack_midi
                 .as_mut()
                 .and_then(|ports| ports.sink.take())
                 .map(|sink| Box::new(sink) as Box<dyn CycleHook>);
-            jack_output::start(open, callback, hook, status.clone()).map(Running::Jack)
+            let connections = jack_midi
+                .as_ref()
+                .map(|ports| ports.connections.clone())
+                .unwrap_or_default();
+            let name = open.requested_name().to_string();
+            let slot = Arc::new(EngineSlot::new(Engine { callback, hook }));
+            let token = slot.owner();
+            jack_output::start(open, slot.clone(), token, status.clone(), &connections).and_then(
+                |first| {
+                    let opened = first.opened.clone();
+                    let settings = ReconnectSettings {
+                        device: opened.description.clone(),
+                        on_reconnect,
+                        opener: jack_opener(name, channels, rate, status.clone()),
+                        presence: Some(Box::new(jack_output::server_socket_present)),
+                    };
+                    Supervisor::start(Box::new(first), slot, status.clone(), settings)
+                        .map(|supervisor| (Running::Device(supervisor), opened))
+                },
+            )
         }
         (None, None) => Err("no output chosen".to_string()),
     };
-    let running = match running {
-        Ok(running) => running,
+    let (running, opened) = match started {
+        Ok(started) => started,
         Err(e) => {
             error!("{e}");
             return 1;
         }
     };
-    let opened = match &running {
-        Running::Device(d) => d.opened.clone(),
-        Running::Jack(j) => j.opened.clone(),
-        Running::Wav(w) => w.opened.clone(),
-    };
-    if let (Running::Jack(jack), Some(ports)) = (&running, &jack_midi) {
-        for (own, destination) in &ports.connections {
-            let connected = jack
-                .client()
-                .map(|client| client.connect_ports_by_name(own, destination));
-            if let Some(Err(e)) = connected {
-                warn!("JACK MIDI: cannot connect {own} to {destination} ({e}); connect it with any JACK patchbay");
-            }
-        }
-    }
     info!(
         "output {}: {} channels, {} Hz, {} frames/period, {}",
         opened.description,
@@ -574,15 +695,8 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
                 return 1;
             }
         },
-        Running::Device(device) => {
-            // Let the last buffers reach the speakers before closing the device.
-            std::thread::sleep(Duration::from_millis(100));
-            drop(device);
-        }
-        Running::Jack(jack) => {
-            std::thread::sleep(Duration::from_millis(100));
-            drop(jack);
-        }
+        // Lets the last buffers play, then closes the device.
+        Running::Device(supervisor) => supervisor.finish(),
     }
     for (name, counters) in jack_midi.iter().flat_map(|ports| ports.counters.iter()) {
         let late = counters.late.load(std::sync::atomic::Ordering::Relaxed);

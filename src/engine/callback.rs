@@ -39,6 +39,10 @@ pub struct AudioCallback {
     status: Arc<SharedStatus>,
     audio_clock: Option<AudioClockWriter>,
     device_frame: u64,
+    /// Frames of the last callback, to tell when the next one was due.
+    last_frames: u64,
+    /// The next callback is the first of a stream replacing a lost one: `Some(skip_song)`.
+    after_outage: Option<bool>,
 }
 
 impl AudioCallback {
@@ -63,7 +67,40 @@ impl AudioCallback {
             status,
             audio_clock: None,
             device_frame: 0,
+            last_frames: 0,
+            after_outage: None,
         }
+    }
+
+    /// Readies the callback for a stream that replaces a lost one (called off the real-time
+    /// thread while the reconnect thread holds it): the first-call hook runs again on the
+    /// new audio thread (real-time promotion), and the first callback counts the frames the
+    /// outage lasted and advances the device frame counter by as many, so the audio clock
+    /// and the song anchor stay continuous (the beat clock neither stops nor jumps). With
+    /// `skip_song`, the song playing advances by the outage too: it goes on where it would
+    /// have been. Without it, the transport is paused (the control thread restarts the song).
+    pub fn prepare_for_new_stream(&mut self, skip_song: bool) {
+        self.first_call_done = false;
+        self.after_outage = Some(skip_song);
+        if !skip_song {
+            self.transport.suspend();
+        }
+    }
+
+    /// Frames between the device frame counter and where a callback starting at `now_ns`
+    /// belongs, when the previous stream stopped: the length of an outage in frames.
+    fn outage_frames(&self, now_ns: u64) -> u64 {
+        let expected = self
+            .audio_clock
+            .as_ref()
+            .and_then(|clock| clock.time_of_frame(self.device_frame))
+            .unwrap_or_else(|| {
+                let frames = self.last_frames as i64;
+                self.last_start_ns
+                    .saturating_add(self.period_ns(frames as usize).max(0) as u64)
+            });
+        let gap_ns = now_ns.saturating_sub(expected);
+        (gap_ns as u128 * u128::from(self.sample_rate) / 1_000_000_000) as u64
     }
 
     /// Feeds every callback's (device frame, time) to the audio clock the beat clock uses.
@@ -147,10 +184,19 @@ impl AudioCallback {
             }
         }
         let now = monotonic_ns();
+        if let Some(skip_song) = self.after_outage.take() {
+            let frames = self.outage_frames(clock_ns.unwrap_or(now));
+            self.device_frame += frames;
+            self.transport.skip_outage(frames, skip_song);
+            self.status.outage_frames.store(frames, Ordering::Relaxed);
+            // The gap is not an xrun.
+            self.last_start_ns = 0;
+        }
         if let Some(clock) = self.audio_clock.as_mut() {
             clock.update(self.device_frame, clock_ns.unwrap_or(now));
         }
         self.device_frame += frames as u64;
+        self.last_frames = frames as u64;
         let period_ns = self.period_ns(frames);
         if self.last_start_ns != 0 {
             let interval = now.saturating_sub(self.last_start_ns) as i64;

@@ -5,12 +5,14 @@
 //! and runs the extra per-cycle work other modules register (JACK MIDI outputs).
 //!
 //! A server that goes away never takes the process down: the callback stops, the status says
-//! `device_lost`, and the player logs it once.
+//! `device_lost`, and the reconnect thread (`engine::reconnect`) reports it once and opens a
+//! new client when a server with the same name is back.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::callback::{monotonic_ns, AudioCallback};
+use super::callback::monotonic_ns;
+use super::handover::EngineSlot;
 use super::output::OpenedOutput;
 use super::transport::SharedStatus;
 
@@ -32,6 +34,12 @@ pub trait CycleHook: Send {
     /// `first_frame` is the device frame of the cycle's first frame (the counter the song
     /// anchor uses); `song_tag` tags measurements with the song playing.
     fn cycle(&mut self, scope: &jack::ProcessScope, first_frame: u64, song_tag: u32);
+
+    /// Registers the hook's ports again on `client`, which replaces a client whose server
+    /// went away (normal thread). Returns the `(our port, destination)` pairs to connect.
+    fn reattach(&mut self, _client: &jack::Client) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// A client connected to the server with its audio ports registered, not yet running.
@@ -106,16 +114,16 @@ struct Notify {
 
 impl jack::NotificationHandler for Notify {
     fn shutdown(&mut self, _status: jack::ClientStatus, _reason: &str) {
-        // Called like a signal handler: flags only. The player logs the loss once.
+        // Called like a signal handler: flags only. The reconnect thread reports and recovers.
         self.lost.store(true, Ordering::Release);
         self.status.device_lost.store(true, Ordering::Release);
     }
 }
 
 struct Process {
-    callback: AudioCallback,
+    slot: Arc<EngineSlot>,
+    token: u64,
     ports: Vec<jack::Port<jack::AudioOut>>,
-    hook: Option<Box<dyn CycleHook>>,
     status: Arc<SharedStatus>,
 }
 
@@ -130,22 +138,36 @@ impl jack::ProcessHandler for Process {
 
 impl Process {
     fn cycle(&mut self, scope: &jack::ProcessScope) {
-        let frames = scope.n_frames() as usize;
-        let cycle_ns = cycle_start_ns(scope);
-        let first_frame = self.callback.device_frame();
-        let ports = &mut self.ports;
-        self.callback
-            .render_planar(frames, cycle_ns, |channel, offset, samples| {
-                if let Some(port) = ports.get_mut(channel) {
-                    let buffer = port.as_mut_slice(scope);
-                    if let Some(out) = buffer.get_mut(offset..offset + samples.len()) {
-                        out.copy_from_slice(samples);
+        let Process {
+            slot,
+            token,
+            ports,
+            status,
+        } = self;
+        let ran = slot.with(*token, |engine| {
+            let frames = scope.n_frames() as usize;
+            let cycle_ns = cycle_start_ns(scope);
+            let first_frame = engine.callback.device_frame();
+            engine
+                .callback
+                .render_planar(frames, cycle_ns, |channel, offset, samples| {
+                    if let Some(port) = ports.get_mut(channel) {
+                        let buffer = port.as_mut_slice(scope);
+                        if let Some(out) = buffer.get_mut(offset..offset + samples.len()) {
+                            out.copy_from_slice(samples);
+                        }
                     }
-                }
-            });
-        if let Some(hook) = self.hook.as_mut() {
-            let song_tag = self.status.song_tag.load(Ordering::Relaxed);
-            hook.cycle(scope, first_frame, song_tag);
+                });
+            if let Some(hook) = engine.hook.as_mut() {
+                let song_tag = status.song_tag.load(Ordering::Relaxed);
+                hook.cycle(scope, first_frame, song_tag);
+            }
+        });
+        if ran.is_none() {
+            // The engine is being handed over: silence, not last cycle's buffer.
+            for port in ports.iter_mut() {
+                port.as_mut_slice(scope).fill(0.0);
+            }
         }
     }
 }
@@ -183,6 +205,11 @@ impl JackOutput {
         }
         self.client.as_ref().map(jack::AsyncClient::as_client)
     }
+
+    /// Whether the server went away.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for JackOutput {
@@ -190,8 +217,15 @@ impl Drop for JackOutput {
         if let Some(client) = self.client.take() {
             if self.lost.load(Ordering::Acquire) {
                 // jack 0.11's Client::drop asserts that closing succeeds, which it cannot once
-                // the server is gone: leak the dead client instead of panicking.
+                // the server is gone. Close the client through libjack directly (that frees
+                // its threads, sockets and shared memory; the result is ignored) and leak the
+                // Rust wrapper, whose handlers hold nothing but port handles (the engine lives
+                // in its slot).
+                let raw = client.as_client().raw();
                 std::mem::forget(client);
+                // SAFETY: `raw` is the client's valid handle; the wrapper that would close it
+                // again was forgotten, so it is closed exactly once.
+                unsafe { jack::jack_sys::jack_client_close(raw) };
             } else {
                 drop(client);
             }
@@ -199,13 +233,16 @@ impl Drop for JackOutput {
     }
 }
 
-/// Activates the client with `callback` (and `hook` after it every cycle), then connects
-/// `out_i` to `system:playback_i` for every such port the server has.
+/// Activates the client on the engine in `slot` (its `hook` runs after the audio every
+/// cycle), with `token` the slot's owner token for this stream, then connects `out_i` to
+/// `system:playback_i` for every such port the server has and `extra_connections` (JACK MIDI
+/// destinations). A connection that fails is a warning.
 pub fn start(
     open: JackOpen,
-    callback: AudioCallback,
-    hook: Option<Box<dyn CycleHook>>,
+    slot: Arc<EngineSlot>,
+    token: u64,
     status: Arc<SharedStatus>,
+    extra_connections: &[(String, String)],
 ) -> Result<JackOutput, String> {
     let JackOpen {
         client,
@@ -220,9 +257,9 @@ pub fn start(
         lost: lost.clone(),
     };
     let process = Process {
-        callback,
+        slot,
+        token,
         ports,
-        hook,
         status,
     };
     let active = client
@@ -238,11 +275,25 @@ pub fn start(
             tracing::warn!("cannot connect {own} to {system}: {e}");
         }
     }
+    for (own, destination) in extra_connections {
+        if let Err(e) = active.as_client().connect_ports_by_name(own, destination) {
+            tracing::warn!("JACK MIDI: cannot connect {own} to {destination} ({e}); connect it with any JACK patchbay");
+        }
+    }
     Ok(JackOutput {
         client: Some(active),
         lost,
         opened,
     })
+}
+
+/// Whether the JACK server the client would connect to has its socket in place (a cheap
+/// check that a lost server may be back; jackd2 on Linux keeps it in /dev/shm).
+pub fn server_socket_present() -> bool {
+    let server = std::env::var("JACK_DEFAULT_SERVER").unwrap_or_else(|_| "default".into());
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::path::Path::new(&format!("/dev/shm/jack_{server}_{uid}_0")).exists()
 }
 
 /// `system:playback_10` after `system:playback_9`.
@@ -286,6 +337,12 @@ pub fn describe_server() -> String {
             )
         }
         Err(_) => "jack: (no JACK server running)".to_string(),
+    }
+}
+
+impl super::reconnect::LiveStream for JackOutput {
+    fn is_lost(&self) -> bool {
+        JackOutput::is_lost(self)
     }
 }
 

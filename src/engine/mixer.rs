@@ -299,6 +299,9 @@ pub struct StemMix {
     pub gain: GainRamp,
     /// Frames lost to an underrun, discarded when audio arrives again so stems stay in sync.
     debt: usize,
+    /// Frames to drop before playing on (a lost device's outage), played as silence until
+    /// the loader has delivered them; not an underrun.
+    skip: u64,
 }
 
 impl StemMix {
@@ -309,6 +312,7 @@ impl StemMix {
             routes,
             gain: GainRamp::new(gain),
             debt: 0,
+            skip: 0,
         }
     }
 
@@ -331,6 +335,19 @@ impl StemMix {
             // The file ended (or failed) before the frames skipped in an underrun arrived:
             // there is nothing left to skip, and the stem must be able to end.
             self.debt = 0;
+            self.skip = 0;
+        }
+        // Drop an outage's frames as the loader delivers them; silence meanwhile.
+        if self.skip > 0 {
+            let available = (self.stream.ring.slots() / channels) as u64;
+            let drop_now = available.min(self.skip) as usize;
+            if let Ok(chunk) = self.stream.ring.read_chunk(drop_now * channels) {
+                chunk.commit_all();
+            }
+            self.skip -= drop_now as u64;
+            if self.skip > 0 {
+                return (frames, 0);
+            }
         }
         // Pay back frames skipped during an earlier underrun first.
         if self.debt > 0 {
@@ -385,7 +402,7 @@ impl StemMix {
     }
 
     fn is_exhausted(&self) -> bool {
-        self.debt == 0 && self.stream.is_exhausted()
+        self.debt == 0 && self.skip == 0 && self.stream.is_exhausted()
     }
 }
 
@@ -413,6 +430,14 @@ impl SongMixer {
         SongMixer {
             stems,
             curve: vec![0.0; MAX_BLOCK_FRAMES],
+        }
+    }
+
+    /// Drops the next `frames` frames of every stem (played as silence until their loaders
+    /// have delivered them): the song jumps ahead by that much. Real-time safe.
+    pub fn skip(&mut self, frames: u64) {
+        for stem in &mut self.stems {
+            stem.skip = stem.skip.saturating_add(frames);
         }
     }
 

@@ -2,10 +2,12 @@
 //! output backends (cpal devices, native JACK and the real-time WAV render).
 
 pub mod callback;
+pub mod handover;
 pub mod jack_output;
 pub mod mixer;
 pub mod output;
 pub mod player;
+pub mod reconnect;
 pub mod render;
 pub mod transport;
 

@@ -2,14 +2,18 @@
 //! (f32, i32, i16) the device supports, and lists devices for `backline devices`. JACK has
 //! its own backend (`engine::jack_output`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
 
 use super::callback::AudioCallback;
+use super::handover::EngineSlot;
 use super::transport::SharedStatus;
+
+/// Stream errors in a row, with no buffer in between, that mean the device is gone.
+const ERRORS_MEAN_LOST: u64 = 20;
 
 /// What was actually opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +45,26 @@ pub struct OutputRequest {
 
 /// A running cpal stream (audio stops when this is dropped).
 pub struct CpalOutput {
-    _stream: cpal::Stream,
+    _stream: SendStream,
+    lost: Arc<AtomicBool>,
     /// What was opened.
     pub opened: OpenedOutput,
 }
+
+impl CpalOutput {
+    /// Whether the stream reported its device gone.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+}
+
+/// A cpal stream the reconnect thread may own and drop.
+struct SendStream(#[allow(dead_code)] cpal::Stream);
+
+// SAFETY: cpal marks every `Stream` `!Send` because some hosts (WASAPI, ASIO) need it; the
+// only host built here is ALSA, whose stream is a thread handle, a trigger pipe and an `Arc`
+// of the PCM, all of which may be used and dropped from any thread.
+unsafe impl Send for SendStream {}
 
 /// A device and the stream config chosen for it, not yet started.
 pub struct ChosenOutput {
@@ -180,10 +200,12 @@ fn find_device(wanted: &str) -> Result<(String, cpal::Device), String> {
     }
 }
 
-/// Opens the device and starts the callback on it.
+/// Opens the device and starts the engine in `slot` on it; `token` is the slot's owner
+/// token for this stream.
 pub fn start(
     chosen: ChosenOutput,
-    callback: AudioCallback,
+    slot: Arc<EngineSlot>,
+    token: u64,
     status: Arc<SharedStatus>,
 ) -> Result<CpalOutput, String> {
     let ChosenOutput {
@@ -192,17 +214,19 @@ pub fn start(
         format,
         opened,
     } = chosen;
+    let lost = Arc::new(AtomicBool::new(false));
     let stream = match format {
-        SampleFormat::F32 => build::<f32>(&device, &config, callback, status),
-        SampleFormat::I32 => build::<i32>(&device, &config, callback, status),
-        SampleFormat::I16 => build::<i16>(&device, &config, callback, status),
+        SampleFormat::F32 => build::<f32>(&device, &config, slot, token, status, lost.clone()),
+        SampleFormat::I32 => build::<i32>(&device, &config, slot, token, status, lost.clone()),
+        SampleFormat::I16 => build::<i16>(&device, &config, slot, token, status, lost.clone()),
         other => Err(format!("sample format {other} is not supported")),
     }?;
     stream
         .play()
         .map_err(|e| format!("cannot start {}: {e}", opened.description))?;
     Ok(CpalOutput {
-        _stream: stream,
+        _stream: SendStream(stream),
+        lost,
         opened,
     })
 }
@@ -237,22 +261,45 @@ fn render<T: DeviceSample>(callback: &mut AudioCallback, data: &mut [T]) {
 fn build<T: DeviceSample>(
     device: &cpal::Device,
     config: &StreamConfig,
-    mut callback: AudioCallback,
+    slot: Arc<EngineSlot>,
+    token: u64,
     status: Arc<SharedStatus>,
+    lost: Arc<AtomicBool>,
 ) -> Result<cpal::Stream, String> {
+    // Errors since the last buffer: ALSA reports a pulled USB device as a stream of
+    // backend errors (POLLERR, ENODEV) rather than `DeviceNotAvailable`.
+    let errors = Arc::new(AtomicU64::new(0));
+    let errors_in_data = errors.clone();
     device
         .build_output_stream::<T, _, _>(
             config,
-            move |data: &mut [T], _info| render(&mut callback, data),
+            move |data: &mut [T], _info| {
+                errors_in_data.store(0, Ordering::Relaxed);
+                if slot
+                    .with(token, |engine| render(&mut engine.callback, data))
+                    .is_none()
+                {
+                    // The engine is being handed over: silence.
+                    data.fill(T::EQUILIBRIUM);
+                }
+            },
             move |error| {
-                // May run on the audio thread: only count, the control thread reports.
-                match error {
-                    cpal::StreamError::DeviceNotAvailable => {
-                        status.device_lost.store(true, Ordering::Relaxed);
+                // May run on the audio thread: flags and counters only (no allocation); the
+                // reconnect thread reports and recovers.
+                let gone = match &error {
+                    cpal::StreamError::DeviceNotAvailable => true,
+                    cpal::StreamError::BackendSpecific { err } => {
+                        let text = err.description.as_str();
+                        text.contains("No such device")
+                            || text.contains("ENODEV")
+                            || errors.fetch_add(1, Ordering::Relaxed) + 1 >= ERRORS_MEAN_LOST
                     }
-                    cpal::StreamError::BackendSpecific { .. } => {
-                        status.xruns.fetch_add(1, Ordering::Relaxed);
-                    }
+                };
+                if gone {
+                    lost.store(true, Ordering::Release);
+                    status.device_lost.store(true, Ordering::Release);
+                } else {
+                    status.xruns.fetch_add(1, Ordering::Relaxed);
                 }
             },
             None,
@@ -319,4 +366,10 @@ fn describe_device(host: &str, device: &cpal::Device, is_default: bool) -> Strin
         "{host}: {name}{} [{formats}]",
         if is_default { " (default)" } else { "" }
     )
+}
+
+impl super::reconnect::LiveStream for CpalOutput {
+    fn is_lost(&self) -> bool {
+        CpalOutput::is_lost(self)
+    }
 }

@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use super::mixer::{db_to_gain, routes_for, SongMixer, StemMix};
 use super::transport::{Command, Event, PreparedSong, TransportControl};
-use crate::library::{Config, Diagnostic, Setlist, Song};
+use crate::library::{Config, Diagnostic, OnReconnect, Setlist, Song};
 use crate::media;
 use crate::timing::TempoMap;
 
@@ -98,6 +98,8 @@ pub struct StatusSnapshot {
     pub playing: bool,
     /// True once the last song ended.
     pub set_ended: bool,
+    /// True while the audio device is lost (and being reopened).
+    pub device_lost: bool,
 }
 
 /// Where the status goes (a terminal status line, or nowhere when logging instead).
@@ -158,7 +160,8 @@ pub struct Player {
     warned_routes: BTreeSet<String>,
     summary: RunSummary,
     playing: bool,
-    device_lost_reported: bool,
+    /// `SharedStatus::reconnects` when last looked at.
+    reconnects_seen: u64,
     /// `--loop-set`: the first song follows the last.
     loop_set: bool,
     observer: Option<Box<dyn SongObserver>>,
@@ -190,7 +193,7 @@ impl Player {
             warned_routes: BTreeSet::new(),
             summary: RunSummary::default(),
             playing: false,
-            device_lost_reported: false,
+            reconnects_seen: 0,
             loop_set: false,
             observer: None,
             skipped_songs: BTreeSet::new(),
@@ -294,6 +297,7 @@ impl Player {
             xruns: status.xruns.load(Ordering::Relaxed),
             playing: status.playing.load(Ordering::Relaxed),
             set_ended: self.summary.set_ended,
+            device_lost: status.device_lost.load(Ordering::Relaxed),
         }
     }
 
@@ -729,11 +733,29 @@ impl Player {
         }
     }
 
+    /// After a lost device came back (the reconnect thread logs loss and recovery): with
+    /// `audio.on_reconnect: restart`, starts the song that was playing again from the top.
     fn check_device(&mut self) {
-        if self.control.status.device_lost.load(Ordering::Relaxed) && !self.device_lost_reported {
-            self.device_lost_reported = true;
-            error!("audio device lost: {}", self.device);
+        let reconnects = self.control.status.reconnects.load(Ordering::Acquire);
+        if reconnects == self.reconnects_seen {
+            return;
         }
+        self.reconnects_seen = reconnects;
+        if self.config.audio.on_reconnect != OnReconnect::Restart || !self.playing {
+            return;
+        }
+        if let Some(song) = self
+            .current
+            .and_then(|id| self.prepared.get(&id))
+            .and_then(|i| self.setlist.songs.get(i.index))
+        {
+            info!(
+                "on_reconnect: restart: `{}` plays again from its start",
+                song.name
+            );
+        }
+        self.stop();
+        self.play();
     }
 
     fn wait_preroll(&self, song: &PreparedSong) {

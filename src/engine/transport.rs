@@ -89,8 +89,12 @@ pub struct SharedStatus {
     pub underrun_frames: AtomicU64,
     /// Device xruns (late callbacks, or reported by the backend).
     pub xruns: AtomicU64,
-    /// Set when the output device reported it is gone.
+    /// Set when the output device reported it is gone; cleared when a new stream runs.
     pub device_lost: AtomicBool,
+    /// Audio devices lost and found again so far.
+    pub reconnects: AtomicU64,
+    /// Length of the last outage in frames, as the new stream's first callback counted it.
+    pub outage_frames: AtomicU64,
     /// Songs that could not be handed back for dropping (ring full); leaked, never freed on RT.
     pub leaked: AtomicU64,
 }
@@ -181,6 +185,38 @@ impl Transport {
     /// every block (the beat clock follows it).
     pub fn set_anchor(&mut self, anchor: AnchorWriter) {
         self.anchor = Some(anchor);
+    }
+
+    /// Pauses playback without telling the control thread (no event): the song keeps its
+    /// place, the anchor says "not playing" so the beat clock stops. For a lost device whose
+    /// song restarts when it comes back; call it only while no callback runs the transport.
+    pub fn suspend(&mut self) {
+        self.playing = false;
+        self.status.playing.store(false, Ordering::Relaxed);
+        self.status.song_tag.store(0, Ordering::Relaxed);
+        if let Some(anchor) = self.anchor.as_mut() {
+            let (id, position) = self.current.as_ref().map_or((0, 0), |s| (s.id, s.position));
+            anchor.publish(Anchor {
+                song_id: id,
+                start_frame: self.device_frame as i64 - position as i64,
+                playing: false,
+            });
+        }
+    }
+
+    /// Accounts for `frames` frames a lost device did not play: the device frame counter
+    /// advances by as many and, with `skip_song` and a song playing, so does the song (its
+    /// stems drop that much audio as it arrives). The song anchor does not move. Real-time
+    /// safe.
+    pub fn skip_outage(&mut self, frames: u64, skip_song: bool) {
+        self.device_frame += frames;
+        if !(skip_song && self.playing) {
+            return;
+        }
+        if let Some(song) = self.current.as_mut() {
+            song.position += frames;
+            song.mixer.skip(frames);
+        }
     }
 
     /// Fills the first `frames` frames (at most [`MAX_BLOCK_FRAMES`]) of `output`.

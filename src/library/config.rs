@@ -144,6 +144,29 @@ pub struct AudioConfig {
     pub track_mappings: BTreeMap<String, Vec<u16>>,
     /// Track name → gain in dB (default 0).
     pub track_gains: BTreeMap<String, f32>,
+    /// Where the song goes on when a lost audio device comes back.
+    pub on_reconnect: OnReconnect,
+}
+
+/// What the song does when a lost audio device comes back (`audio.on_reconnect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReconnect {
+    /// Continue where the song would have been had the device never gone (the song position
+    /// advances by the length of the outage; the beat clock keeps running through it).
+    #[default]
+    Resume,
+    /// Start the song that was playing again from its beginning.
+    Restart,
+}
+
+impl OnReconnect {
+    /// The config value: `resume` or `restart`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnReconnect::Resume => "resume",
+            OnReconnect::Restart => "restart",
+        }
+    }
 }
 
 impl Default for AudioConfig {
@@ -154,6 +177,7 @@ impl Default for AudioConfig {
             buffer_size: 256,
             track_mappings: BTreeMap::new(),
             track_gains: BTreeMap::new(),
+            on_reconnect: OnReconnect::Resume,
         }
     }
 }
@@ -275,6 +299,8 @@ struct RawAudio {
     track_mappings: BTreeMap<String, Vec<u16>>,
     #[serde(default)]
     track_gains: BTreeMap<String, f32>,
+    #[serde(default)]
+    on_reconnect: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -328,14 +354,28 @@ impl Config {
             buffer_size: None,
             track_mappings: BTreeMap::new(),
             track_gains: BTreeMap::new(),
+            on_reconnect: None,
         });
         let defaults = AudioConfig::default();
+        let on_reconnect = match audio_raw.on_reconnect.as_deref() {
+            None | Some("resume") => OnReconnect::Resume,
+            Some("restart") => OnReconnect::Restart,
+            Some(other) => {
+                errors.push(at(
+                    "on_reconnect",
+                    Some(other),
+                    format!("on_reconnect `{other}` is not known: expected `resume` (the default: the song goes on where it would have been) or `restart` (the song starts again)"),
+                ));
+                OnReconnect::Resume
+            }
+        };
         let audio = AudioConfig {
             device: audio_raw.device.unwrap_or(defaults.device),
             sample_rate: audio_raw.sample_rate.unwrap_or(defaults.sample_rate),
             buffer_size: audio_raw.buffer_size.unwrap_or(defaults.buffer_size),
             track_mappings: audio_raw.track_mappings,
             track_gains: audio_raw.track_gains,
+            on_reconnect,
         };
         if !(8_000..=384_000).contains(&audio.sample_rate) {
             errors.push(at(
@@ -761,6 +801,26 @@ mod tests {
         let unknown =
             Config::parse(Path::new("b.yaml"), "audio:\n  devcie: x\n").expect_err("unknown");
         assert_eq!(unknown[0].line, Some(2));
+    }
+
+    #[test]
+    fn on_reconnect_values() {
+        let config = Config::parse(Path::new("b.yaml"), "audio:\n  device: jack\n").expect("valid");
+        assert_eq!(config.audio.on_reconnect, OnReconnect::Resume);
+        let config =
+            Config::parse(Path::new("b.yaml"), "audio:\n  on_reconnect: restart\n").expect("valid");
+        assert_eq!(config.audio.on_reconnect, OnReconnect::Restart);
+        let errors = Config::parse(
+            Path::new("b.yaml"),
+            "audio:\n  device: jack\n  on_reconnect: rewind\n",
+        )
+        .expect_err("unknown value");
+        let text = errors[0].to_string();
+        assert!(text.starts_with("b.yaml:3:17"), "{text}");
+        assert!(
+            text.contains("`rewind`") && text.contains("`restart`"),
+            "{text}"
+        );
     }
 
     #[test]

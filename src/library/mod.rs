@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use config::{
-    AudioConfig, Config, MidiConfig, MidiControlConfig, MidiOutputConfig, MidiTarget,
+    AudioConfig, Config, MidiConfig, MidiControlConfig, MidiOutputConfig, MidiTarget, OnReconnect,
     RealtimeConfig, SandboxConfig, SandboxMode, SeccompActionConfig, ServiceConfig,
     MAX_OUTPUT_CHANNELS,
 };

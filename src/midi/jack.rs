@@ -142,6 +142,23 @@ pub struct JackMidiQueue {
     ring: rtrb::Consumer<Queued>,
     generation: Arc<AtomicU32>,
     counters: Arc<JackMidiCounters>,
+    /// A message this many frames late is stale (an audio outage): ticks and note-ons are
+    /// dropped rather than sent in a burst; anything that ends a note still goes.
+    stale_frames: i64,
+}
+
+/// How late a queued message may be before it is stale, in seconds.
+const STALE_SECONDS: f64 = 0.1;
+
+/// Whether a message still matters when it is stale: it ends a note or a song (note off,
+/// note on with velocity 0, a controller such as All Notes Off, Stop).
+fn ends_something(bytes: &[u8]) -> bool {
+    match bytes {
+        [status, ..] if status & 0xF0 == 0x80 || status & 0xF0 == 0xB0 => true,
+        [status, _, 0] if status & 0xF0 == 0x90 => true,
+        [0xFC] => true,
+        _ => false,
+    }
 }
 
 /// A feed and queue pair for one output (allocate off the RT thread).
@@ -165,6 +182,7 @@ pub fn queue(config: &MidiOutputConfig, sample_rate: u32) -> (JackMidiFeed, Jack
             ring: consumer,
             generation,
             counters,
+            stale_frames: (STALE_SECONDS * f64::from(sample_rate)) as i64,
         },
     )
 }
@@ -193,6 +211,15 @@ impl JackMidiQueue {
             let offset = match queued.frame {
                 None => 0,
                 Some(frame) if frame >= end => break,
+                Some(frame)
+                    if first - frame > self.stale_frames
+                        && !ends_something(&queued.bytes[..usize::from(queued.len)]) =>
+                {
+                    // Queued before an audio outage for a time that has passed: drop it.
+                    let _ = self.ring.pop();
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 Some(frame) => {
                     let behind = (first - frame).max(0) as u64;
                     if behind > 0 {
@@ -219,6 +246,8 @@ impl JackMidiQueue {
 /// All JACK MIDI outputs' process-callback side: runs after the audio every cycle.
 pub struct JackMidiSink {
     ports: Vec<(jack::Port<jack::MidiOut>, JackMidiQueue)>,
+    /// Each port's own name and destination, to register it again after a server restart.
+    plans: Vec<(String, Option<String>)>,
     stats: SampleSender,
     ns_per_frame: f64,
 }
@@ -229,6 +258,7 @@ impl CycleHook for JackMidiSink {
             ports,
             stats,
             ns_per_frame,
+            ..
         } = self;
         stats.set_song(song_tag);
         for (port, queue) in ports.iter_mut() {
@@ -243,6 +273,33 @@ impl CycleHook for JackMidiSink {
                 },
             );
         }
+    }
+
+    fn reattach(&mut self, client: &jack::Client) -> Vec<(String, String)> {
+        let mut connections = Vec::new();
+        let mut kept = Vec::with_capacity(self.ports.len());
+        let mut kept_plans = Vec::with_capacity(self.plans.len());
+        for ((old, queue), (port_name, destination)) in
+            self.ports.drain(..).zip(self.plans.drain(..))
+        {
+            // The old port belonged to the dead client: never touch it again.
+            drop(old);
+            match client.register_port(&port_name, jack::MidiOut) {
+                Ok(port) => {
+                    if let (Some(to), Ok(name)) = (&destination, port.name()) {
+                        connections.push((name, to.clone()));
+                    }
+                    kept.push((port, queue));
+                    kept_plans.push((port_name, destination));
+                }
+                Err(e) => tracing::warn!(
+                    "JACK MIDI port `{port_name}` cannot be registered again after the reconnect ({e}); the show plays without it"
+                ),
+            }
+        }
+        self.ports = kept;
+        self.plans = kept_plans;
+        connections
     }
 }
 
@@ -303,6 +360,7 @@ pub fn register(
     let mut ports = Vec::new();
     let mut connections = Vec::new();
     let mut counters = Vec::new();
+    let mut plans = Vec::new();
     for config in configs {
         let MidiTarget::Jack(spec) = &config.target else {
             continue;
@@ -325,6 +383,7 @@ pub fn register(
             Some(to) => tracing::info!("MIDI output `{}`: JACK {full_name} → {to}", config.name),
             None => tracing::info!("MIDI output `{}`: JACK port {full_name}", config.name),
         }
+        let destination_for_plan = destination.clone();
         if let Some(to) = destination {
             connections.push((full_name, to));
         }
@@ -332,11 +391,13 @@ pub fn register(
         counters.push((config.name.clone(), feed.counters().clone()));
         feeds.push(feed);
         ports.push((port, queue));
+        plans.push((port_name, destination_for_plan));
     }
     JackMidiPorts {
         feeds,
         sink: Some(JackMidiSink {
             ports,
+            plans,
             stats,
             ns_per_frame: 1e9 / f64::from(sample_rate.max(1)),
         }),

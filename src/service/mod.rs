@@ -176,6 +176,14 @@ impl Shared {
             .unwrap_or_default();
         let head = if p.updated.is_none() {
             "starting".to_string()
+        } else if self.status.device_lost.load(Ordering::Relaxed) {
+            format!(
+                "audio device lost, retrying | {}/{} {} {}",
+                s.index,
+                s.total,
+                s.song,
+                clock(s.position_seconds)
+            )
         } else if s.set_ended {
             format!("end of set ({} songs)", s.total)
         } else {
@@ -507,10 +515,11 @@ impl Watcher {
         last_beat: u64,
         interval: Duration,
     ) -> Result<(), String> {
-        if self.shared.status.device_lost.load(Ordering::Relaxed) {
-            return Err("the audio device is lost".into());
-        }
-        if callbacks == last_callbacks {
+        // A lost device is being reopened by the reconnect thread: no callbacks meanwhile is
+        // expected, and systemd restarting the service would not bring the device back
+        // sooner. Everything else must still be alive.
+        let reconnecting = self.shared.status.device_lost.load(Ordering::Relaxed);
+        if callbacks == last_callbacks && !reconnecting {
             return Err(format!(
                 "the audio callback is stalled (no period since {:.1} s)",
                 interval.as_secs_f64() / 2.0

@@ -465,6 +465,20 @@ impl AudioClockWriter {
         self.publish(&state);
     }
 
+    /// The time the published mapping gives `frame` (what readers see), or `None` before the
+    /// first update. Real-time safe. A stream that replaces a lost one uses it to tell how
+    /// many frames the outage lasted, so that the mapping stays continuous across it.
+    pub fn time_of_frame(&self, frame: u64) -> Option<u64> {
+        let state = self.state.as_ref()?;
+        let frames = frame.wrapping_sub(state.frame) as i64 as f64;
+        let offset = (state.published_time + frames * state.published_ns_per_frame).round();
+        Some(if offset >= 0.0 {
+            state.base_ns.saturating_add(offset as u64)
+        } else {
+            state.base_ns.saturating_sub((-offset) as u64)
+        })
+    }
+
     /// Makes the next [`update`](Self::update) start a new generation from the nominal rate,
     /// e.g. after the stream was restarted. Real-time safe.
     pub fn reset(&mut self) {
@@ -952,5 +966,48 @@ mod tests {
         let new: fn(u32) -> (AudioClockWriter, AudioClock) = AudioClock::new;
         let (mut writer, _clock) = new(RATE);
         update(&mut writer, 0, 1);
+    }
+
+    #[test]
+    fn the_writer_sees_the_mapping_readers_see() {
+        let (mut writer, clock) = AudioClock::new(RATE);
+        assert_eq!(writer.time_of_frame(0), None);
+        let period = 256u64;
+        let ns = |frames: u64| frames * 1_000_000_000 / u64::from(RATE);
+        for n in 0..500u64 {
+            writer.update(
+                n * period,
+                5_000_000_000 + ns(n * period) + (n % 7) * 20_000,
+            );
+        }
+        for frame in [0, 500 * period, 600 * period, 10_000_000] {
+            assert_eq!(writer.time_of_frame(frame), clock.time_of_frame(frame));
+        }
+    }
+
+    #[test]
+    fn an_outage_counted_in_frames_keeps_the_mapping_continuous() {
+        // A stream that replaces a lost one advances the counter by the outage measured on
+        // the mapping: the restart lands where the old mapping already had that frame.
+        let (mut writer, clock) = AudioClock::new(RATE);
+        let period = 256u64;
+        let ns = |frames: u64| frames * 1_000_000_000 / u64::from(RATE);
+        let start = 1_000_000_000u64;
+        let mut frame = 0;
+        for _ in 0..1000 {
+            writer.update(frame, start + ns(frame));
+            frame += period;
+        }
+        let generation = clock.generation();
+        let resumed_at = start + ns(frame) + 1_234_567_890;
+        let due = writer.time_of_frame(frame).expect("a mapping");
+        let outage = (resumed_at - due) * u64::from(RATE) / 1_000_000_000;
+        let tick_frame = frame + outage + 10 * period;
+        let before = clock.time_of_frame(tick_frame).expect("a mapping");
+        writer.update(frame + outage, resumed_at);
+        assert_eq!(clock.generation(), generation + 1, "a new generation");
+        let after = clock.time_of_frame(tick_frame).expect("a mapping");
+        let step = after as i64 - before as i64;
+        assert!(step.abs() < 25_000, "step {step} ns (under one frame)");
     }
 }

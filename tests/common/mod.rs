@@ -697,6 +697,30 @@ impl JackServer {
         }
     }
 
+    /// Starts jackd again under the same name, rate and period after [`JackServer::kill`] or
+    /// [`JackServer::stop`] (the server coming back); returns once it accepts clients. Stop
+    /// recorders of the old server first.
+    pub fn restart(&self) {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            guard.is_none(),
+            "restart: jackd {} is still running",
+            self.name
+        );
+        reclaim_dead_jack_servers();
+        let child = spawn_jackd(
+            &self.name,
+            self.sample_rate,
+            self.period,
+            self.realtime_requested,
+            &self.log_path,
+        )
+        .unwrap_or_else(|e| panic!("restart jackd {}: {e}\n{}", self.name, self.log()));
+        *guard = Some(child);
+        self.gone.store(false, Ordering::Release);
+        log(&format!("jackd {} restarted", self.name));
+    }
+
     /// Stops jackd gracefully: SIGTERM, up to 3 s, then SIGKILL. Idempotent.
     pub fn stop(&self) {
         self.gone.store(true, Ordering::Release);
@@ -1172,9 +1196,14 @@ impl Recorder {
         let server_gone = || self.server_shut_down() || self.server_gone.load(Ordering::Acquire);
         if let Some(active) = active {
             if server_gone() {
-                // The server is gone: jack_deactivate/jack_client_close can only fail, and jack
-                // 0.11's Client::drop asserts close() == 0. Leak the dead client instead.
+                // The server is gone: jack 0.11's Client::drop asserts close() == 0, which
+                // cannot hold. Close the client through libjack directly and leak the Rust
+                // wrapper: a client left open keeps libjack's process-wide state (shared memory
+                // of the dead server) alive, and a client opened later on a restarted server
+                // with the same name would use it and stall.
+                let raw = active.as_client().raw();
                 std::mem::forget(active);
+                unsafe { j::jack_client_close(raw) };
             } else {
                 match active.deactivate() {
                     Ok((client, _notify, _process)) if server_gone() => std::mem::forget(client),

@@ -1,0 +1,653 @@
+//! A lost audio device, for real: the JACK dummy server is killed mid-song and a new one
+//! with the same name comes back a second later. The real binary must keep running, report
+//! the loss once, reconnect, and play again within 2 s of the server being up — where the
+//! song would have been (the default) or from its start (`audio.on_reconnect: restart`) —
+//! on a SCHED_FIFO thread again when it can.
+//!
+//! The song is a DC ramp: every sample says where in the song it is, so a recording tells
+//! the song position exactly.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::fixtures::TestShow;
+use common::{unique_client_name, wait_until, JackServer, Recorder, Recording};
+
+const RATE: u32 = 48_000;
+const PERIOD: u32 = 256;
+/// The song's length: long enough that it never ends during a test.
+const SONG_SECONDS: f64 = 40.0;
+/// Ramp value at frame 0 and its rise over the song.
+const RAMP_START: f64 = 0.1;
+const RAMP_RISE: f64 = 0.8;
+
+fn ramp_show(tag: &str, extra_audio: &str) -> TestShow {
+    let show = TestShow::new(tag);
+    let frames = (SONG_SECONDS * f64::from(RATE)) as usize;
+    let ramp: Vec<i16> = (0..frames)
+        .map(|n| {
+            let v = RAMP_START + RAMP_RISE * n as f64 / frames as f64;
+            (v * 32767.0).round() as i16
+        })
+        .collect();
+    show.wav_i16("songs/1/ramp.wav", RATE, &[ramp]);
+    show.write(
+        "songs/1/song.yaml",
+        "kind: song\nname: Ramp\ntracks:\n  - name: ramp\n    file: ramp.wav\ntempo: { bpm: 120 }\n",
+    );
+    show.write(
+        "backline.yaml",
+        &format!(
+            "songs: songs\naudio:\n  device: jack\n{extra_audio}  track_mappings:\n    ramp: [1]\nmidi:\n  outputs:\n    - name: clock\n      path: {}\n",
+            show.path("clock.fifo").display()
+        ),
+    );
+    show
+}
+
+/// Song position in seconds that a recorded sample says.
+fn position_of(sample: f32) -> f64 {
+    let v = f64::from((sample * 32768.0).round()) / 32767.0;
+    (v - RAMP_START) / RAMP_RISE * SONG_SECONDS
+}
+
+/// JACK microseconds (CLOCK_MONOTONIC) of recorded sample `index`.
+fn usecs_of(rec: &Recording, index: usize) -> f64 {
+    rec.first_frame_usecs.expect("recorded something") as f64
+        + index as f64 * 1e6 / f64::from(rec.sample_rate)
+}
+
+struct Player {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Player {
+    fn spawn(show: &TestShow, server: &JackServer, client: &str) -> Player {
+        Player::spawn_with(show, server, client, &[])
+    }
+
+    fn spawn_with(
+        show: &TestShow,
+        server: &JackServer,
+        client: &str,
+        envs: &[(&str, String)],
+    ) -> Player {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backline"))
+            .arg("play")
+            .arg(&show.root)
+            .args(["--output", &format!("jack:{client}")])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(server.envs())
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run backline");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let reader = {
+            let stderr = stderr.clone();
+            let mut pipe = child.stderr.take().expect("stderr piped");
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                    stderr
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_str(&text);
+                }
+            })
+        };
+        Player {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn text(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIGTERM ends the player: {}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.text())
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Threads of `pid` named `name`, with their scheduling policy (field 41 of their stat).
+fn threads_named(pid: u32, name: &str) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the command (in parentheses) start at field 3.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let policy = after
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or(u32::MAX);
+        let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
+        found.push((tid, policy));
+    }
+    found
+}
+
+struct Outcome {
+    /// Seconds from the new server accepting clients to the first audio it played.
+    recovery_s: f64,
+    /// Song position of the first sample after the outage, seconds.
+    resumed_at_s: f64,
+    /// Where the song would have been at that moment, had the device never gone.
+    would_have_been_s: f64,
+    log: String,
+    /// Timing Clock arrival times on the MIDI output, and every byte.
+    ticks: Vec<u64>,
+    midi: Vec<(u64, u8)>,
+}
+
+/// Plays, kills the server after 3 s, brings it back 1 s later, records 3 s more.
+fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
+    let show = ramp_show(tag, extra_audio);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let midi = fifo_reader(&show.path("clock.fifo"), None, stop.clone());
+    let server = JackServer::start(RATE, PERIOD);
+    let client = unique_client_name("backline");
+    let ports = format!("{client}:out_");
+    let recorder = Recorder::start(&server, &ports, 1);
+    let player = Player::spawn(&show, &server, &client);
+    assert!(
+        recorder.wait_connected(Duration::from_secs(20)),
+        "{}",
+        player.text()
+    );
+    let playing = recorder.frames_so_far() + 3 * u64::from(RATE);
+    assert!(wait_until(Duration::from_secs(15), || recorder
+        .frames_so_far()
+        >= playing));
+    server.kill();
+    let before = recorder.stop();
+    assert!(
+        wait_until(Duration::from_secs(10), || player
+            .text()
+            .contains("audio device lost")),
+        "the loss is reported: {}",
+        player.text()
+    );
+    // When the song started, on the JACK clock, from a sample in the middle of the recording.
+    let samples = &before.channels[0];
+    let probe = samples
+        .iter()
+        .rposition(|s| s.abs() > 0.05)
+        .expect("audio before the loss");
+    let probe = probe.saturating_sub(RATE as usize / 2);
+    let song_start_us = usecs_of(&before, probe) - position_of(samples[probe]) * 1e6;
+
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(player_alive(&player), "still running: {}", player.text());
+    server.restart();
+    let up_us = jack::get_time() as f64;
+    let recorder = Recorder::start(&server, &ports, 1);
+    assert!(
+        recorder.wait_connected(Duration::from_secs(10)),
+        "the player's ports come back: {}",
+        player.text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || player
+            .text()
+            .contains("audio device back")),
+        "the recovery is reported: {}",
+        player.text()
+    );
+    let recorded = recorder.frames_so_far() + 2 * u64::from(RATE);
+    assert!(
+        wait_until(Duration::from_secs(10), || recorder.frames_so_far()
+            >= recorded),
+        "the new server runs: {}\n--- jackd ---\n{}",
+        player.text(),
+        server.log()
+    );
+    if unsafe { libc::geteuid() } == 0 {
+        let audio = threads_named(player.child.id(), "backline-audio");
+        assert!(
+            audio.iter().any(|&(_, policy)| policy == 1),
+            "the new audio thread runs SCHED_FIFO: {audio:?}\n{}",
+            player.text()
+        );
+    }
+    let after = recorder.stop();
+    let samples = &after.channels[0];
+    let first = samples
+        .iter()
+        .position(|s| s.abs() > 0.05)
+        .unwrap_or_else(|| panic!("audio after the reconnect: {}", player.text()));
+    let heard_us = usecs_of(&after, first);
+    // Skip the ramp's first samples after the gain: take one a few ms in.
+    let settled = (first + 480).min(samples.len() - 1);
+    let resumed_at_s = position_of(samples[settled]) - 480.0 / f64::from(RATE);
+    let would_have_been_s = (heard_us - song_start_us) / 1e6;
+    let (status, log) = player.terminate();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (midi, _) = midi.join().expect("MIDI reader");
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(
+        log.matches("audio device lost").count(),
+        1,
+        "the loss is logged once: {log}"
+    );
+    assert_eq!(
+        log.matches("audio device back:").count(),
+        1,
+        "the recovery is logged once: {log}"
+    );
+    Outcome {
+        recovery_s: (heard_us - up_us) / 1e6,
+        resumed_at_s,
+        would_have_been_s,
+        log,
+        ticks: ticks(&midi),
+        midi,
+    }
+}
+
+/// Shortest and longest interval between Timing Clocks, in ms.
+fn tick_intervals(ticks: &[u64]) -> (f64, f64) {
+    let intervals = ticks.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6);
+    let shortest = intervals.clone().fold(f64::MAX, f64::min);
+    let longest = intervals.fold(0.0, f64::max);
+    (shortest, longest)
+}
+
+fn player_alive(player: &Player) -> bool {
+    unsafe { libc::kill(player.child.id() as libc::pid_t, 0) == 0 }
+}
+
+#[test]
+fn a_server_that_comes_back_resumes_the_song_where_it_would_have_been() {
+    let outcome = lose_and_recover("reconnect-resume", "");
+    eprintln!(
+        "resume: audio back {:.3} s after the server; song at {:.3} s, would have been at {:.3} s",
+        outcome.recovery_s, outcome.resumed_at_s, outcome.would_have_been_s
+    );
+    assert!(
+        outcome.recovery_s < 2.0,
+        "audio within 2 s of the server: {:.3} s\n{}",
+        outcome.recovery_s,
+        outcome.log
+    );
+    assert!(
+        (outcome.resumed_at_s - outcome.would_have_been_s).abs() < 0.5,
+        "resumed at {:.3} s, would have been at {:.3} s\n{}",
+        outcome.resumed_at_s,
+        outcome.would_have_been_s,
+        outcome.log
+    );
+    assert!(
+        outcome.log.contains("where it would have been"),
+        "{}",
+        outcome.log
+    );
+    // The beat clock runs on through the outage (the song goes on where it would have been)
+    // and across the reconnect: no burst, no gap, no restart.
+    let (shortest, longest) = tick_intervals(&outcome.ticks);
+    eprintln!(
+        "resume: tick intervals {shortest:.1}..{longest:.1} ms (nominal 20.8), {} bytes",
+        outcome.midi.len()
+    );
+    assert!(
+        outcome.ticks.len() > 150,
+        "{} ticks\n{}",
+        outcome.ticks.len(),
+        outcome.log
+    );
+    assert!(shortest > 10.0, "no burst of ticks: {shortest:.1} ms");
+    assert!(longest < 60.0, "no gap in the clock: {longest:.1} ms");
+    let starts = outcome.midi.iter().filter(|&&(_, b)| b == 0xFA).count();
+    assert_eq!(starts, 1, "one Start: the clock never restarted");
+}
+
+#[test]
+fn with_on_reconnect_restart_the_song_starts_again() {
+    let outcome = lose_and_recover("reconnect-restart", "  on_reconnect: restart\n");
+    eprintln!(
+        "restart: audio back {:.3} s after the server; song at {:.3} s",
+        outcome.recovery_s, outcome.resumed_at_s
+    );
+    assert!(
+        outcome.recovery_s < 2.0,
+        "audio within 2 s of the server: {:.3} s\n{}",
+        outcome.recovery_s,
+        outcome.log
+    );
+    assert!(
+        outcome.resumed_at_s < 0.5,
+        "restarted from the top: at {:.3} s\n{}",
+        outcome.resumed_at_s,
+        outcome.log
+    );
+    assert!(outcome.log.contains("from its start"), "{}", outcome.log);
+    // The clock stops with the song at the loss and starts again with it: Start, Stop,
+    // Start, and no burst of ticks anywhere.
+    let transport: Vec<u8> = outcome
+        .midi
+        .iter()
+        .map(|&(_, b)| b)
+        .filter(|&b| b == 0xFA || b == 0xFC || b == 0xFB)
+        .collect();
+    assert_eq!(
+        &transport[..3.min(transport.len())],
+        &[0xFA, 0xFC, 0xFA],
+        "{transport:02X?}"
+    );
+    let (shortest, _) = tick_intervals(&outcome.ticks);
+    eprintln!("restart: shortest tick interval {shortest:.1} ms");
+    assert!(shortest > 10.0, "no burst of ticks: {shortest:.1} ms");
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Timestamped bytes, and when the reader came back (if it went away).
+type Captured = (Vec<(u64, u8)>, Option<u64>);
+
+/// Reads a FIFO non-blocking, timestamping every byte, until `stop`; with `gone`, the reader
+/// goes away for that window (closes the FIFO) and then opens it again. Returns the bytes and
+/// when the FIFO was opened again.
+fn fifo_reader(
+    path: &std::path::Path,
+    gone: Option<(Duration, Duration)>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Captured> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::Ordering;
+    let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
+    // SAFETY: c_path is a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
+    let open = {
+        let path = path.to_path_buf();
+        move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .expect("open fifo")
+        }
+    };
+    let mut file = Some(open());
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let mut reopened = None;
+        let mut buffer = [0u8; 256];
+        loop {
+            if let Some((close_at, reopen_at)) = gone {
+                let elapsed = started.elapsed();
+                if file.is_some()
+                    && reopened.is_none()
+                    && elapsed >= close_at
+                    && elapsed < reopen_at
+                {
+                    file = None;
+                } else if file.is_none() && elapsed >= reopen_at {
+                    file = Some(open());
+                    reopened = Some(now_ns());
+                }
+            }
+            let read = file.as_mut().map(|f| f.read(&mut buffer));
+            match read {
+                Some(Ok(n)) if n > 0 => {
+                    let t = now_ns();
+                    bytes.extend(buffer[..n].iter().map(|&b| (t, b)));
+                }
+                _ => {
+                    if stop.load(Ordering::Acquire) {
+                        return (bytes, reopened);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    })
+}
+
+/// Arrival times of Timing Clock bytes.
+fn ticks(bytes: &[(u64, u8)]) -> Vec<u64> {
+    bytes
+        .iter()
+        .filter(|&&(_, b)| b == 0xF8)
+        .map(|&(t, _)| t)
+        .collect()
+}
+
+#[test]
+fn a_midi_output_whose_reader_comes_back_gets_the_clock_again_without_disturbing_the_rest() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let show = TestShow::new("midi-reconnect");
+    show.tone_song("a", "Long", 440.0, 20.0);
+    show.write(
+        "songs/a/song.yaml",
+        "kind: song\nname: Long\ntracks:\n  - name: tone\n    file: tone.wav\ntempo: { bpm: 120 }\n",
+    );
+    show.write(
+        "backline.yaml",
+        &format!(
+            "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\nmidi:\n  outputs:\n    - name: flaky\n      path: {}\n    - name: steady\n      path: {}\n",
+            show.path("flaky.fifo").display(),
+            show.path("steady.fifo").display()
+        ),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // The flaky reader goes away 4 s in and comes back a second later.
+    let flaky = fifo_reader(
+        &show.path("flaky.fifo"),
+        Some((Duration::from_secs(4), Duration::from_secs(5))),
+        stop.clone(),
+    );
+    let steady = fifo_reader(&show.path("steady.fifo"), None, stop.clone());
+    let server = JackServer::start(RATE, PERIOD);
+    let client = unique_client_name("backline");
+    let recorder = Recorder::start(&server, &format!("{client}:out_"), 1);
+    let player = Player::spawn(&show, &server, &client);
+    assert!(
+        recorder.wait_connected(Duration::from_secs(20)),
+        "{}",
+        player.text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || player
+            .text()
+            .contains("connected (")
+            && player.text().contains("MIDI output `flaky` lost")),
+        "the flaky output is lost: {}",
+        player.text()
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, log) = player.terminate();
+    stop.store(true, Ordering::Release);
+    let recording = recorder.stop();
+    let (flaky, reopened) = flaky.join().expect("flaky reader");
+    let (steady, _) = steady.join().expect("steady reader");
+    assert!(status.success(), "exit {status:?}: {log}");
+    let reopened = reopened.expect("the flaky reader came back");
+
+    // The flaky output gets the clock again, soon after its reader is back.
+    let flaky_ticks = ticks(&flaky);
+    let first_again = flaky_ticks
+        .iter()
+        .find(|&&t| t >= reopened)
+        .unwrap_or_else(|| panic!("ticks after the reader came back: {log}"));
+    let back_after = (first_again - reopened) as f64 / 1e9;
+    eprintln!("MIDI output back {back_after:.3} s after its reader");
+    assert!(back_after < 2.0, "{back_after:.3} s\n{log}");
+    assert_eq!(
+        log.matches("MIDI output `flaky` lost").count(),
+        1,
+        "lost once: {log}"
+    );
+    assert!(!log.contains("MIDI output `steady` lost"), "{log}");
+
+    // The steady output never missed a tick (120 BPM: one every 20.8 ms) while the song
+    // played, the other's loss notwithstanding.
+    let steady_ticks = ticks(&steady);
+    assert!(steady_ticks.len() > 300, "{} ticks", steady_ticks.len());
+    let worst = steady_ticks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0) as f64
+        / 1e6;
+    eprintln!("steady output: worst tick interval {worst:.1} ms");
+    assert!(
+        worst < 100.0,
+        "steady ticks kept coming: worst gap {worst:.1} ms"
+    );
+
+    // Audio played on without a dropout.
+    let samples = &recording.channels[0];
+    let (start, end) = common::non_silent_span(samples, 0.05).expect("audio");
+    let longest = common::fixtures::longest_silence(&samples[start..end]);
+    assert!(
+        longest < 4 * PERIOD as usize,
+        "no dropout in the audio: {longest} silent frames"
+    );
+}
+
+/// sd_notify datagrams from the player, one line each, with their arrival time.
+fn notify_listener(path: &std::path::Path) -> Arc<Mutex<Vec<(Instant, String)>>> {
+    let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind the notify socket");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            let now = Instant::now();
+            let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
+            sink.extend(text.lines().map(|l| (now, l.to_string())));
+        }
+    });
+    lines
+}
+
+#[test]
+fn systemd_hears_the_loss_and_the_watchdog_keeps_pinging_while_reconnecting() {
+    let show = ramp_show("reconnect-notify", "");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _midi = fifo_reader(&show.path("clock.fifo"), None, stop.clone());
+    let notify = show.path("notify.sock");
+    let lines = notify_listener(&notify);
+    let seen = |prefix: &str, after: Instant| {
+        lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(t, l)| *t >= after && l.starts_with(prefix))
+            .map(|(_, l)| l.clone())
+            .collect::<Vec<_>>()
+    };
+    let server = JackServer::start(RATE, PERIOD);
+    let client = unique_client_name("backline");
+    let player = Player::spawn_with(
+        &show,
+        &server,
+        &client,
+        &[
+            ("NOTIFY_SOCKET", notify.display().to_string()),
+            ("WATCHDOG_USEC", "1000000".to_string()),
+        ],
+    );
+    let start = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || !seen("READY=1", start)
+            .is_empty()),
+        "READY: {}",
+        player.text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    server.kill();
+    let lost = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || seen("STATUS=", lost)
+            .iter()
+            .any(|l| l.contains("audio device lost, retrying"))),
+        "STATUS says so: {:?}\n{}",
+        seen("STATUS=", lost),
+        player.text()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let pings = seen("WATCHDOG=1", lost).len();
+    assert!(
+        pings >= 3,
+        "the watchdog keeps pinging while reconnecting: {pings} pings in {:.1} s\n{}",
+        lost.elapsed().as_secs_f64(),
+        player.text()
+    );
+    server.restart();
+    let back = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || seen("STATUS=playing", back)
+            .iter()
+            .any(|l| l.contains("Ramp"))),
+        "STATUS is back to playing: {:?}\n{}",
+        seen("STATUS=", back),
+        player.text()
+    );
+    let (status, log) = player.terminate();
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(!log.contains("not pinging"), "no watchdog complaint: {log}");
+}
