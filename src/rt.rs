@@ -1548,6 +1548,56 @@ impl fmt::Display for MemoryLock {
     }
 }
 
+/// Before the sandbox drops CAP_IPC_LOCK: if more memory is locked than RLIMIT_MEMLOCK
+/// allows (root locks past the limit with the capability), unlocks it. Otherwise, once the
+/// capability is gone, every later locked mapping fails — libjack maps its semaphores with
+/// `MAP_LOCKED` when it reconnects to a restarted server, so the show could never get its
+/// audio back. Returns true when it unlocked (and logs a warning with the remedy).
+pub fn release_memory_lock_above_limit() -> bool {
+    let has_ipc_lock = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_IPC_LOCK,
+    )
+    .unwrap_or(false);
+    let Ok((soft, _)) = get_rlimit(libc::RLIMIT_MEMLOCK) else {
+        return false;
+    };
+    if !has_ipc_lock || soft == RLIM_INF {
+        return false;
+    }
+    let locked_kb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmLck:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    if locked_kb * 1024 <= soft {
+        return false;
+    }
+    // With CAP_SYS_RESOURCE (root on most machines) the limit itself can go: the lock stays.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        tracing::info!("RLIMIT_MEMLOCK raised to unlimited before the sandbox drops CAP_IPC_LOCK");
+        return false;
+    }
+    // SAFETY: munlockall takes no arguments.
+    unsafe { libc::munlockall() };
+    tracing::warn!(
+        "memory unlocked: {} MiB were locked with CAP_IPC_LOCK, above RLIMIT_MEMLOCK ({} MiB), and the sandbox drops that capability (later locked mappings, libjack's on a reconnect, would fail). Remedy: LimitMEMLOCK=infinity in the service unit, or `memlock unlimited` in /etc/security/limits.conf",
+        locked_kb / 1024,
+        soft / (1024 * 1024)
+    );
+    true
+}
+
 /// Locks the process's memory, best effort, and logs the outcome (INFO, or WARN on failure).
 ///
 /// Raises the soft `RLIMIT_MEMLOCK` to the hard one first. Uses `MCL_CURRENT | MCL_FUTURE`

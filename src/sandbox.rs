@@ -495,6 +495,7 @@ fn restrict(plan: &Plan) -> SandboxReport {
         caps::Capability::CAP_SYS_NICE,
     )
     .unwrap_or(false);
+    crate::rt::release_memory_lock_above_limit();
     let (landlock, ruleset_fd) = landlock_ruleset(plan);
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()

@@ -276,11 +276,12 @@ fn jack_playback_in_strict_kill_mode_sandboxes_libjack_threads_too() {
         "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    a: [1]\nsandbox: { mode: strict, seccomp_action: kill }\n",
     );
     let server = JackServer::start(48_000, 256);
-    let recorder = Recorder::start(&server, "cpal_client_out:out_", 1);
+    let client = common::unique_client_name("backline-sbx");
+    let recorder = Recorder::start(&server, &format!("{client}:out_"), 1);
     let child = Command::new(env!("CARGO_BIN_EXE_backline"))
         .arg("play")
         .arg(&show.root)
-        .args(["--output", "jack"])
+        .args(["--output", &format!("jack:{client}")])
         .envs(server.envs())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -288,7 +289,7 @@ fn jack_playback_in_strict_kill_mode_sandboxes_libjack_threads_too() {
         .spawn()
         .expect("start backline");
     let tasks = sandboxed_tasks(child.id());
-    // cpal's JACK host runs libjack's threads in the player: they were created before the
+    // The JACK backend runs libjack's threads in the player: they were created before the
     // sandbox and must have been reached too.
     assert!(tasks.len() >= 5, "{tasks:#?}");
     assert_every_task(&tasks, CAP_SYS_NICE);
