@@ -199,7 +199,14 @@ fn as_root_every_task_keeps_only_cap_sys_nice_permitted() {
         "{stderr}"
     );
     assert!(stderr.contains("render FIFO 70 (CAP_SYS_NICE)"), "{stderr}");
-    assert!(!stderr.contains("WARN"), "{stderr}");
+    // Nothing else to warn about. (Root without CAP_SYS_RESOURCE, as on the CI machine,
+    // cannot lift RLIMIT_MEMLOCK and is told its memory lock was released for the sandbox.)
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.contains("WARN") && !l.contains("memory unlocked")),
+        "{stderr}"
+    );
 }
 
 #[test]
