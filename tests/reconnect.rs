@@ -179,9 +179,8 @@ fn threads_named(pid: u32, name: &str) -> Vec<(u32, u32)> {
 }
 
 struct Outcome {
-    /// Seconds from the new server accepting clients to the first audio it played.
-    /// Seconds from the new server to audio heard; 0 when the recorder had to be restarted
-    /// (not measured in that run).
+    /// Seconds from the new server accepting clients to the first audio it played; 0 when
+    /// the test's recorder had to be restarted (not measured in that run).
     recovery_s: f64,
     /// Song position of the first sample after the outage, seconds.
     resumed_at_s: f64,
