@@ -235,7 +235,9 @@ fn sandbox_cost(seconds: u64) {
     let arrival = |r: &Row| r.arrival[1];
     let duty = |r: &Row| 100.0 * r.callback_p99 / r.period_us;
     println!();
-    println!("sandbox cost: SCHED_FIFO loaded, {pairs} alternating pair(s) of {seconds} s, medians");
+    println!(
+        "sandbox cost: SCHED_FIFO loaded, {pairs} alternating pair(s) of {seconds} s, medians"
+    );
     println!(
         "{:<34} {:>12} {:>12} {:>10}",
         "metric", "sandbox on", "sandbox off", "difference"

@@ -62,6 +62,34 @@ fn xruns_reported(stderr: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Plays `show` on a fresh dummy server as JACK client `client`, recording its first audio
+/// output and its MIDI port `midi_port`; returns the run, its log and the recording.
+fn play_recording(
+    show: &TestShow,
+    client: &str,
+    midi_port: &str,
+) -> (std::process::Output, String, common::Recording) {
+    let server = JackServer::start(RATE, PERIOD);
+    let recorder = Recorder::start_with_midi(
+        &server,
+        &format!("{client}:out_"),
+        1,
+        Some(&format!("{client}:{midi_port}")),
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_backline"))
+        .arg("play")
+        .arg(&show.root)
+        .args(["--output", &format!("jack:{client}")])
+        .envs(server.envs())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run backline");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // Let the last cycles reach the recorder.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    (output, stderr, recorder.stop())
+}
+
 #[test]
 fn every_beat_tick_lands_on_the_frame_of_its_audio_impulse() {
     let show = TestShow::new("jack-midi");
@@ -80,24 +108,7 @@ fn every_beat_tick_lands_on_the_frame_of_its_audio_impulse() {
             "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    click: [1]\nmidi:\n  outputs:\n    - {{ name: clock, jack: \"{client}:midi_out\", clock: true, midi_file: false }}\n"
         ),
     );
-    let server = JackServer::start(RATE, PERIOD);
-    let recorder = Recorder::start_with_midi(
-        &server,
-        &format!("{client}:out_"),
-        1,
-        Some(&format!("{client}:midi_out")),
-    );
-    let output = Command::new(env!("CARGO_BIN_EXE_backline"))
-        .arg("play")
-        .arg(&show.root)
-        .args(["--output", &format!("jack:{client}")])
-        .envs(server.envs())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run backline");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let rec = recorder.stop();
+    let (output, stderr, rec) = play_recording(&show, &client, "midi_out");
     assert!(output.status.success(), "{stderr}");
     assert!(
         stderr.contains("set finished: 1 songs played, 0 skipped"),
@@ -241,23 +252,7 @@ fn persist_tempo_keeps_jack_ticks_running_between_songs_without_a_gap() {
         "backline.yaml",
         "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    click: [1]\nmidi:\n  persist_tempo: true\n  outputs:\n    - { name: clock, jack: \"backline:clock\", clock: true, midi_file: false }\n",
     );
-    let server = JackServer::start(RATE, PERIOD);
-    let recorder = Recorder::start_with_midi(
-        &server,
-        &format!("{client}:out_"),
-        1,
-        Some(&format!("{client}:clock")),
-    );
-    let output = Command::new(env!("CARGO_BIN_EXE_backline"))
-        .arg("play")
-        .arg(&show.root)
-        .args(["--output", &format!("jack:{client}")])
-        .envs(server.envs())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run backline");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let rec = recorder.stop();
+    let (output, stderr, rec) = play_recording(&show, &client, "clock");
     assert!(output.status.success(), "{stderr}");
     let disturbances = rec.gaps.len() + xruns_reported(&stderr) + rec.xruns as usize;
     let starts: Vec<usize> = (0..rec.midi.len())

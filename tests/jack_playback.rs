@@ -409,9 +409,6 @@ fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
 
 #[test]
 fn a_vanishing_server_is_reported_once_and_does_not_crash_the_player() {
-    use std::io::Read;
-    use std::sync::{Arc, Mutex};
-
     let show = TestShow::new("server-gone");
     show.tone_song("1", "Long", 440.0, 20.0);
     show.write(
@@ -430,25 +427,8 @@ fn a_vanishing_server_is_reported_once_and_does_not_crash_the_player() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run backline");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let stderr = stderr.clone();
-        let mut pipe = child.stderr.take().expect("stderr piped");
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-                stderr
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&text);
-            }
-        })
-    };
-    let text = || stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut log = common::LogCapture::start(&mut child);
+    let text = || log.text();
     assert!(
         recorder.wait_connected(Duration::from_secs(20)),
         "{}",
@@ -479,9 +459,8 @@ fn a_vanishing_server_is_reported_once_and_does_not_crash_the_player() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let _ = reader.join();
     let _ = recorder.stop();
-    let text = text();
+    let text = log.finish();
     assert!(status.success(), "exit {status:?}: {text}");
     assert!(!text.contains("panicked"), "{text}");
     assert_eq!(

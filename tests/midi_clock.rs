@@ -11,16 +11,7 @@ use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 
 use common::fixtures::TestShow;
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use common::now_ns;
 
 /// Creates a FIFO and a reader thread that returns every byte with its arrival time.
 fn fifo_reader(path: &Path) -> JoinHandle<Vec<(u64, u8)>> {

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::fixtures::TestShow;
@@ -63,14 +63,7 @@ fn start(setpriv: &[&str], extra: &[&str]) -> Run {
     for path in [show.root.clone(), out_dir.clone()] {
         make_world_accessible(&path);
     }
-    let binary = env!("CARGO_BIN_EXE_backline");
-    let mut command = if setpriv.is_empty() {
-        Command::new(binary)
-    } else {
-        let mut c = Command::new("setpriv");
-        c.args(setpriv).arg(binary);
-        c
-    };
+    let mut command = common::backline_command(setpriv);
     command
         .arg("play")
         .arg(&show.root)

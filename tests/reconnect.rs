@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fixtures::TestShow;
-use common::{unique_client_name, wait_until, JackServer, Recorder, Recording};
+use common::now_ns;
+use common::{unique_client_name, wait_until, JackServer, LogCapture, Recorder, Recording};
 
 const RATE: u32 = 48_000;
 const PERIOD: u32 = 256;
@@ -63,8 +64,7 @@ fn usecs_of(rec: &Recording, index: usize) -> f64 {
 
 struct Player {
     child: Child,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    log: LogCapture,
 }
 
 impl Player {
@@ -92,36 +92,12 @@ impl Player {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run backline");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let reader = {
-            let stderr = stderr.clone();
-            let mut pipe = child.stderr.take().expect("stderr piped");
-            std::thread::spawn(move || {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buffer) {
-                    if n == 0 {
-                        break;
-                    }
-                    let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-                    stderr
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push_str(&text);
-                }
-            })
-        };
-        Player {
-            child,
-            stderr,
-            reader: Some(reader),
-        }
+        let log = LogCapture::start(&mut child);
+        Player { child, log }
     }
 
     fn text(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.log.text()
     }
 
     /// SIGTERM, then the exit status and everything it logged.
@@ -139,10 +115,7 @@ impl Player {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        (status, self.text())
+        (status, self.log.finish())
     }
 }
 
@@ -444,16 +417,6 @@ fn with_on_reconnect_restart_the_song_starts_again() {
         densest <= MAX_TICKS_PER_HALF_SECOND,
         "no burst of ticks: {densest} in 500 ms (shortest interval {shortest:.1} ms)"
     );
-}
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Timestamped bytes, and when the reader came back (if it went away).

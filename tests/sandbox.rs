@@ -125,14 +125,7 @@ fn render_show(tag: &str, seconds: f32, config_extra: &str) -> TestShow {
 }
 
 fn start(show: TestShow, setpriv: &[&str], extra: &[&str], env: &[(&str, String)]) -> Run {
-    let binary = env!("CARGO_BIN_EXE_backline");
-    let mut command = if setpriv.is_empty() {
-        Command::new(binary)
-    } else {
-        let mut c = Command::new("setpriv");
-        c.args(setpriv).arg(binary);
-        c
-    };
+    let mut command = common::backline_command(setpriv);
     command
         .arg("play")
         .arg(&show.root)

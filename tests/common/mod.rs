@@ -88,6 +88,74 @@ fn log(msg: &str) {
 // wait_until
 // ---------------------------------------------------------------------------------------------
 
+/// Nanoseconds on CLOCK_MONOTONIC, the clock backline's deadlines use.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The backline binary under test, run through `setpriv ARGS…` when `setpriv` is not empty
+/// (to remove or grant capabilities and change the user).
+pub fn backline_command(setpriv: &[&str]) -> Command {
+    let binary = env!("CARGO_BIN_EXE_backline");
+    if setpriv.is_empty() {
+        Command::new(binary)
+    } else {
+        let mut command = Command::new("setpriv");
+        command.args(setpriv).arg(binary);
+        command
+    }
+}
+
+/// A child's stderr, collected on a thread so a test can read what it has logged so far.
+pub struct LogCapture {
+    text: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl LogCapture {
+    /// Takes `child`'s piped stderr and starts collecting it.
+    pub fn start(child: &mut Child) -> LogCapture {
+        let text = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                let chunk = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_str(&chunk);
+            }
+        });
+        LogCapture {
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits for the pipe to close (the child has exited) and returns everything logged.
+    pub fn finish(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.text()
+    }
+}
+
 /// Polls `cond` every 5 ms until it returns true (-> true) or `timeout` passes (-> false).
 /// `cond` is evaluated once more at the deadline.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
