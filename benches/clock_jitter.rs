@@ -76,7 +76,18 @@ struct Row {
     period_us: f64,
 }
 
-fn run_condition(seconds: u64, realtime: bool, load: bool, sandbox: bool) -> Option<Row> {
+/// `only_sys_nice`: run backline through setpriv with CAP_SYS_NICE as its only capability
+/// (as the systemd unit does), so that no run locks memory beyond RLIMIT_MEMLOCK with
+/// CAP_IPC_LOCK: with the sandbox on, such a lock is released before the capability goes
+/// (see `rt::release_memory_lock_above_limit`), which would compare locked memory with
+/// unlocked memory instead of measuring the sandbox.
+fn run_condition(
+    seconds: u64,
+    realtime: bool,
+    load: bool,
+    sandbox: bool,
+    only_sys_nice: bool,
+) -> Option<Row> {
     let dir = std::env::temp_dir().join(format!(
         "backline-jitter-{}-{realtime}-{load}-{sandbox}",
         std::process::id()
@@ -97,7 +108,19 @@ fn run_condition(seconds: u64, realtime: bool, load: bool, sandbox: bool) -> Opt
         .spawn()
         .ok()?;
     let load = common::Load::start(load);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_backline"));
+    let mut command = if only_sys_nice {
+        let mut setpriv = Command::new("setpriv");
+        setpriv
+            .args([
+                "--bounding-set=-all,+sys_nice",
+                "--inh-caps=-all,+sys_nice",
+                "--ambient-caps=+sys_nice",
+            ])
+            .arg(env!("CARGO_BIN_EXE_backline"));
+        setpriv
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_backline"))
+    };
     command
         .args([
             "--log-level",
@@ -219,8 +242,8 @@ fn sandbox_cost(seconds: u64) {
     let mut with = Vec::new();
     let mut without = Vec::new();
     for _ in 0..pairs {
-        with.extend(run_condition(seconds, true, true, true));
-        without.extend(run_condition(seconds, true, true, false));
+        with.extend(run_condition(seconds, true, true, true, true));
+        without.extend(run_condition(seconds, true, true, false, true));
     }
     if with.is_empty() || without.is_empty() {
         println!("sandbox comparison failed");
@@ -236,7 +259,7 @@ fn sandbox_cost(seconds: u64) {
     let duty = |r: &Row| 100.0 * r.callback_p99 / r.period_us;
     println!();
     println!(
-        "sandbox cost: SCHED_FIFO loaded, {pairs} alternating pair(s) of {seconds} s, medians"
+        "sandbox cost: SCHED_FIFO loaded, CAP_SYS_NICE only, {pairs} alternating pair(s) of {seconds} s, medians"
     );
     println!(
         "{:<34} {:>12} {:>12} {:>10}",
@@ -289,7 +312,7 @@ fn conditions(seconds: u64) {
         ("normal priority, idle", false, false),
         ("normal priority, loaded", false, true),
     ] {
-        match run_condition(seconds, realtime, load, true) {
+        match run_condition(seconds, realtime, load, true, false) {
             Some(r) => {
                 let ratio = floor.map_or("-".to_string(), |f| format!("{:.2}×", r.self_p99 / f[1]));
                 println!(
