@@ -124,8 +124,10 @@ pub struct Transport {
 }
 
 /// Longest wait for the control thread's `Queue`/`Unqueue` after a song ended before it came
-/// (2 s at 48 kHz): a control thread that never answers cannot hold the set open forever.
-const MAX_QUEUE_WAIT_FRAMES: usize = 96_000;
+/// (30 s at 48 kHz). Preparing the next song can take a while (a huge MIDI file, a slow disk,
+/// a render running faster than real time); only a control thread that never answers should
+/// end the set this way — the service watchdog restarts such a process anyway.
+const MAX_QUEUE_WAIT_FRAMES: usize = 1_440_000;
 
 /// The control thread's side of the transport.
 pub struct TransportControl {
