@@ -54,7 +54,13 @@ for target in "${targets[@]}"; do
     if ! cargo +nightly fuzz run "$target" "${dirs[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=4096 \
         -print_final_stats=1 >"$log" 2>&1; then
-        status=1
+        # In CI the committed corpus must replay clean, but what 20 s of exploration finds
+        # is reported, not a red build (it is random); locally every finding fails.
+        if $ci && ! grep -q "Running: $corpus/" "$log"; then
+            echo "== $target: NEW FINDING in CI exploration (reported; see fuzz/artifacts/$target)"
+        else
+            status=1
+        fi
         echo "== $target: FINDING (see fuzz/artifacts/$target)"
         tail -40 "$log"
     fi
