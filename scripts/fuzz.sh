@@ -51,12 +51,19 @@ for target in "${targets[@]}"; do
     # FLAC picture or Vorbis comment header claims (a u32, so up to 4 GB) before reading it;
     # those pages are never touched (overcommit; backline's mlockall uses MCL_ONFAULT), so
     # only a single allocation above 4 GB counts as a finding.
+    # CI gate: the committed corpus must replay clean (a regression fails the build).
+    if $ci && ! cargo +nightly fuzz run "$target" "$corpus" -- -runs=0 -timeout=10 \
+        -rss_limit_mb=1024 -malloc_limit_mb=4096 >"$log.replay" 2>&1; then
+        status=1
+        echo "== $target: the committed corpus no longer replays clean"
+        tail -40 "$log.replay"
+    fi
     if ! cargo +nightly fuzz run "$target" "${dirs[@]}" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=1024 -malloc_limit_mb=4096 \
         -print_final_stats=1 >"$log" 2>&1; then
-        # In CI the committed corpus must replay clean, but what 20 s of exploration finds
-        # is reported, not a red build (it is random); locally every finding fails.
-        if $ci && ! grep -q "Running: $corpus/" "$log"; then
+        # In CI what 20 s of random exploration finds is reported, not a red build (the
+        # replay above is the gate); locally every finding fails.
+        if $ci; then
             echo "== $target: NEW FINDING in CI exploration (reported; see fuzz/artifacts/$target)"
         else
             status=1
