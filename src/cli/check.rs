@@ -12,7 +12,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::library::{locate, Diagnostic, Show, Song};
 use crate::media;
 use crate::rt::{self, Role};
-use crate::timing::TempoMap;
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -239,7 +238,7 @@ fn check_song(
         (None, Some(_)) if !midi_ok => "no beat clock".into(),
         (None, Some(midi)) => match std::fs::read(&midi.file)
             .ok()
-            .and_then(|b| TempoMap::from_midi_file(&b))
+            .and_then(|b| crate::midi::file::clock_tempo_map(&b))
         {
             Some(_) => "beat clock from the MIDI file's tempo".into(),
             None => "no beat clock (the MIDI file uses SMPTE timing)".into(),

@@ -844,7 +844,7 @@ impl Player {
                 song.midi_playback
                     .as_ref()
                     .and_then(|m| std::fs::read(&m.file).ok())
-                    .and_then(|bytes| TempoMap::from_midi_file(&bytes))
+                    .and_then(|bytes| crate::midi::file::clock_tempo_map(&bytes))
             })
         });
         let id = self.next_id;

@@ -458,6 +458,43 @@ fn encode(channel: u8, message: MidiMessage) -> ([u8; 3], u8) {
     }
 }
 
+/// The beat clock's tempo map for a MIDI file: its tempo and time-signature events read
+/// through the same validated header and chunk walk as [`parse_schedule`] (midly's own
+/// `Smf::parse` panics on some damaged headers). `None` for SMPTE timing, which has no tempo
+/// to follow, or a file that does not parse; a track is read up to its first damaged event.
+pub fn clock_tempo_map(bytes: &[u8]) -> Option<crate::timing::TempoMap> {
+    let header = read_header(bytes).ok()?;
+    let Division::Metrical(ppq) = header.division else {
+        return None;
+    };
+    let mut tempos = Vec::new();
+    let mut meters = Vec::new();
+    for data in track_chunks(bytes, &header).ok()? {
+        let mut tick = 0u64;
+        for event in EventIter::new(data) {
+            let Ok(event) = event else { break };
+            tick = tick.saturating_add(u64::from(event.delta.as_int()));
+            match event.kind {
+                TrackEventKind::Meta(MetaMessage::Tempo(us)) => tempos.push((tick, us.as_int())),
+                TrackEventKind::Meta(MetaMessage::TimeSignature(beats, log2_note, _, _))
+                    if beats > 0 && log2_note < 6 =>
+                {
+                    let meter = crate::library::TimeSignature {
+                        beats,
+                        note_value: 1 << log2_note,
+                    };
+                    meters.push((tick, meter));
+                }
+                TrackEventKind::Meta(MetaMessage::EndOfTrack) => break,
+                _ => {}
+            }
+        }
+    }
+    Some(crate::timing::TempoMap::from_midi_events(
+        ppq, tempos, &meters,
+    ))
+}
+
 /// Everything gathered from the tracks before times are computed.
 struct Collector {
     excluded: u16,
@@ -584,12 +621,12 @@ impl Segment {
 }
 
 /// Ticks → seconds for the whole file.
-struct TempoMap {
+struct TickMap {
     segments: Vec<Segment>,
 }
 
-impl TempoMap {
-    fn new(division: Division, mut tempos: Vec<(u64, u32)>) -> TempoMap {
+impl TickMap {
+    fn new(division: Division, mut tempos: Vec<(u64, u32)>) -> TickMap {
         match division {
             Division::Timecode(fps, ticks_per_frame) => {
                 // Tempo events do not apply: ticks are fractions of SMPTE frames.
@@ -597,7 +634,7 @@ impl TempoMap {
                     29 => (1001.0, 30_000.0 * f64::from(ticks_per_frame)),
                     fps => (1.0, f64::from(fps) * f64::from(ticks_per_frame)),
                 };
-                TempoMap {
+                TickMap {
                     segments: vec![Segment {
                         tick: 0,
                         seconds: 0.0,
@@ -631,7 +668,7 @@ impl TempoMap {
                         denom,
                     });
                 }
-                TempoMap { segments }
+                TickMap { segments }
             }
         }
     }
@@ -693,7 +730,7 @@ fn parse_with(bytes: &[u8], exclude: &[u8], limits: &Limits) -> Result<MidiSched
         end_tick,
         ..
     } = collector;
-    let map = TempoMap::new(header.division, tempos);
+    let map = TickMap::new(header.division, tempos);
     let length_seconds = map.cursor().seconds(end_tick);
     if length_seconds.is_nan() || length_seconds > limits.seconds {
         return Err(format!(

@@ -168,40 +168,20 @@ impl TempoMap {
         TempoMap { segments }
     }
 
-    /// Builds the map from a Standard MIDI File's tempo events (120 BPM until the first one).
-    /// `None` when the file has SMPTE timing, which has no tempo to follow, or does not parse.
-    pub fn from_midi_file(bytes: &[u8]) -> Option<TempoMap> {
-        let smf = midly::Smf::parse(bytes).ok()?;
-        let midly::Timing::Metrical(ppq) = smf.header.timing else {
-            return None;
-        };
-        let ppq = f64::from(ppq.as_int().max(1));
-        let mut tempos: Vec<(u64, u32)> = Vec::new();
-        let mut meters: Vec<(u64, TimeSignature)> = Vec::new();
-        for track in &smf.tracks {
-            let mut tick = 0u64;
-            for event in track {
-                tick += u64::from(event.delta.as_int());
-                match event.kind {
-                    midly::TrackEventKind::Meta(midly::MetaMessage::Tempo(us)) => {
-                        // The schedule loader refuses faster tempos; clamp here too so the clock
-                        // can never be asked for more than 1000 BPM.
-                        tempos.push((tick, us.as_int().max(60_000)));
-                    }
-                    midly::TrackEventKind::Meta(midly::MetaMessage::TimeSignature(n, d, _, _))
-                        if n > 0 && d < 6 =>
-                    {
-                        meters.push((
-                            tick,
-                            TimeSignature {
-                                beats: n,
-                                note_value: 1 << d,
-                            },
-                        ));
-                    }
-                    _ => {}
-                }
-            }
+    /// Builds the map from a Standard MIDI File's tempo and time-signature events, already
+    /// read and validated by [`crate::midi::file::clock_tempo_map`]: `ppq` ticks per quarter,
+    /// `tempos` as (tick, µs per quarter), `meters` as (tick, meter). 120 BPM until the first
+    /// tempo event.
+    pub fn from_midi_events(
+        ppq: u16,
+        mut tempos: Vec<(u64, u32)>,
+        meters: &[(u64, TimeSignature)],
+    ) -> TempoMap {
+        let ppq = f64::from(ppq.max(1));
+        // The schedule loader refuses faster tempos; clamp here too so the clock can never be
+        // asked for more than 1000 BPM.
+        for (_, us) in &mut tempos {
+            *us = (*us).max(crate::midi::file::MIN_TEMPO_US_PER_QUARTER);
         }
         tempos.sort_by_key(|(tick, _)| *tick);
         let meter = meters.first().map_or(
@@ -236,7 +216,7 @@ impl TempoMap {
             ));
         }
         if segments.is_empty() {
-            return Some(TempoMap::constant(120.0));
+            return TempoMap::constant(120.0);
         }
         if let Some(first) = segments.first_mut() {
             if first.start_beat > 0.0 {
@@ -247,7 +227,7 @@ impl TempoMap {
                 );
             }
         }
-        Some(TempoMap { segments })
+        TempoMap { segments }
     }
 
     fn segment_for_beat(&self, beat: f64) -> &Segment {
@@ -411,8 +391,8 @@ mod tests {
             "/songs-example/songs/03-with-midi/song.mid"
         ))
         .expect("example MIDI file");
-        let map = TempoMap::from_midi_file(&bytes).expect("metrical file");
+        let map = crate::midi::file::clock_tempo_map(&bytes).expect("metrical file");
         assert!((map.bpm_at_seconds(1.0) - 110.0).abs() < 0.01);
-        assert!(TempoMap::from_midi_file(b"garbage").is_none());
+        assert!(crate::midi::file::clock_tempo_map(b"garbage").is_none());
     }
 }
