@@ -16,7 +16,8 @@
 //! 5 %. The per-syscall cost behind it: `cargo bench --bench sandbox_syscalls`.
 //!
 //! Run: `cargo bench --bench clock_jitter` (BACKLINE_BENCH_SECONDS per condition, default 20;
-//! BACKLINE_BENCH_ONLY=sandbox for the sandbox comparison alone; BACKLINE_BENCH_PAIRS
+//! BACKLINE_BENCH_ONLY=sandbox for the sandbox comparison alone, =loaded for SCHED_FIFO loaded
+//! and the floor alone; BACKLINE_BENCH_PAIRS
 //! on/off/off rounds, default 2).
 
 mod common;
@@ -225,10 +226,14 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    if std::env::var("BACKLINE_BENCH_ONLY").as_deref() != Ok("sandbox") {
-        conditions(seconds);
+    match std::env::var("BACKLINE_BENCH_ONLY").as_deref() {
+        Ok("sandbox") => sandbox_cost(seconds),
+        Ok("loaded") => conditions(seconds, true),
+        _ => {
+            conditions(seconds, false);
+            sandbox_cost(seconds);
+        }
     }
-    sandbox_cost(seconds);
 }
 
 /// Alternating runs with and without the sandbox (SCHED_FIFO, every core loaded — on this VM
@@ -299,7 +304,9 @@ fn sandbox_cost(seconds: u64) {
     }
 }
 
-fn conditions(seconds: u64) {
+/// The four conditions next to the floor; `loaded_fifo_only` runs just SCHED_FIFO loaded (the
+/// condition the targets are about, e.g. for a 10-minute drift run).
+fn conditions(seconds: u64, loaded_fifo_only: bool) {
     println!("beat clock at {BPM} BPM (120 ticks/s), {seconds} s per condition; µs");
     println!(
         "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} | {:>9} | {:>10}",
@@ -326,6 +333,9 @@ fn conditions(seconds: u64) {
         ("normal priority, idle", false, false),
         ("normal priority, loaded", false, true),
     ] {
+        if loaded_fifo_only && !(realtime && load) {
+            continue;
+        }
         match run_condition(seconds, realtime, load, true, false) {
             Some(r) => {
                 let ratio = floor.map_or("-".to_string(), |f| format!("{:.2}×", r.self_p99 / f[1]));
