@@ -185,6 +185,20 @@ pub const MAX_XRUN_EVENTS: usize = 1000;
 pub const SERIES_POINTS: usize = 20_000;
 
 impl Figures {
+    /// Empty figures whose bounded lists (clock series, xrun events) already own — and have
+    /// touched — all the memory they will ever use, so a long show's resident size does not
+    /// creep up as they fill (the soak's "RSS growth" target).
+    fn with_reserved_memory() -> Figures {
+        let mut figures = Figures::default();
+        figures.clock_series.resize(SERIES_POINTS, (0, 0.0, 0));
+        figures.clock_series.clear();
+        figures
+            .xrun_events
+            .resize(MAX_XRUN_EVENTS, (std::time::UNIX_EPOCH, 0, 0));
+        figures.xrun_events.clear();
+        figures
+    }
+
     /// The histogram of `metric`, if any sample arrived.
     pub fn get(&self, metric: Metric) -> Option<&MetricHistogram> {
         self.metrics
@@ -272,7 +286,7 @@ pub const RING_CAPACITY: usize = 16_384;
 impl StatsCollector {
     /// Starts the stats thread with one ring; returns the collector and the ring's sender.
     pub fn start() -> (StatsCollector, SampleSender) {
-        let figures = Arc::new(Mutex::new(Figures::default()));
+        let figures = Arc::new(Mutex::new(Figures::with_reserved_memory()));
         let rings: Arc<Mutex<Vec<rtrb::Consumer<Sample>>>> = Arc::new(Mutex::new(Vec::new()));
         let dropped = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
