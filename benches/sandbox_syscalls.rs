@@ -183,8 +183,14 @@ fn main() {
         println!("{name:<34} {off:>10.1} {on:>10.1} {:>+10.1}", on - off);
         diff.insert(name.clone(), on - off);
     }
-    let write = diff.get("write (1 byte, MIDI clock)").copied().unwrap_or(f64::NAN);
-    let futex = diff.get("futex wake (no waiter)").copied().unwrap_or(f64::NAN);
+    let write = diff
+        .get("write (1 byte, MIDI clock)")
+        .copied()
+        .unwrap_or(f64::NAN);
+    let futex = diff
+        .get("futex wake (no waiter)")
+        .copied()
+        .unwrap_or(f64::NAN);
     println!(
         "beat clock: +{write:.0} ns per tick per output (one write after the deadline) = {:+.2} % of a {CLOCK_P99_US:.0} µs clock p99",
         100.0 * write / 1000.0 / CLOCK_P99_US

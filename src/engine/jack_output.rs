@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::callback::monotonic_ns;
 use super::handover::EngineSlot;
@@ -193,8 +194,92 @@ type Active = jack::AsyncClient<Notify, Process>;
 pub struct JackOutput {
     client: Option<Active>,
     lost: Arc<AtomicBool>,
+    /// JACK MIDI connections to other programs' ports, kept up while the show runs.
+    destinations: Vec<Destination>,
+    /// When the destinations were last looked at.
+    checked_at: Instant,
     /// What was opened.
     pub opened: OpenedOutput,
+}
+
+/// A JACK MIDI output's connection to another client's port (a synth, a drum machine's
+/// JACK bridge). That program can quit and come back, or start after backline: the
+/// connection is made again whenever its port exists and is not connected — looked at every
+/// [`FIRST_RETRY`](super::reconnect::FIRST_RETRY), a connect that fails backing off to
+/// [`LONGEST_RETRY`](super::reconnect::LONGEST_RETRY) — and each loss and return is logged
+/// once. The other outputs and the audio never wait for it.
+struct Destination {
+    own: String,
+    to: String,
+    connected: bool,
+    next_try: Instant,
+    backoff: Duration,
+    /// The last connect error, so a repeated one is not logged again.
+    last_error: Option<String>,
+}
+
+impl Destination {
+    fn new(own: &str, to: &str) -> Destination {
+        Destination {
+            own: own.to_string(),
+            to: to.to_string(),
+            connected: false,
+            next_try: Instant::now(),
+            backoff: super::reconnect::FIRST_RETRY,
+            last_error: None,
+        }
+    }
+
+    /// Connects if the destination is there and not connected; logs changes once.
+    fn keep(&mut self, client: &jack::Client, now: Instant) {
+        let connected = client
+            .port_by_name(&self.own)
+            .and_then(|port| port.is_connected_to(&self.to).ok())
+            .unwrap_or(false);
+        if connected {
+            if !self.connected {
+                tracing::info!("JACK MIDI: {} connected to {}", self.own, self.to);
+            }
+            self.connected = true;
+            self.backoff = super::reconnect::FIRST_RETRY;
+            self.last_error = None;
+            return;
+        }
+        if self.connected {
+            tracing::warn!(
+                "JACK MIDI: {} is no longer connected to {} (its program quit?); connecting again when it is there",
+                self.own,
+                self.to
+            );
+            self.connected = false;
+            self.next_try = now;
+        }
+        // Only knock once the port exists (a lookup in the client's copy of the graph).
+        if now < self.next_try || client.port_by_name(&self.to).is_none() {
+            return;
+        }
+        match client.connect_ports_by_name(&self.own, &self.to) {
+            Ok(()) => {
+                tracing::info!("JACK MIDI: {} connected to {}", self.own, self.to);
+                self.connected = true;
+                self.backoff = super::reconnect::FIRST_RETRY;
+                self.last_error = None;
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.last_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(
+                        "JACK MIDI: cannot connect {} to {} ({e}); retrying",
+                        self.own,
+                        self.to
+                    );
+                }
+                self.last_error = Some(e);
+                self.next_try = now + self.backoff;
+                self.backoff = (self.backoff * 2).min(super::reconnect::LONGEST_RETRY);
+            }
+        }
+    }
 }
 
 impl JackOutput {
@@ -275,14 +360,22 @@ pub fn start(
             tracing::warn!("cannot connect {own} to {system}: {e}");
         }
     }
-    for (own, destination) in extra_connections {
-        if let Err(e) = active.as_client().connect_ports_by_name(own, destination) {
-            tracing::warn!("JACK MIDI: cannot connect {own} to {destination} ({e}); connect it with any JACK patchbay");
+    let mut destinations = Vec::new();
+    for (own, to) in extra_connections {
+        let mut destination = Destination::new(own, to);
+        if active.as_client().port_by_name(to).is_none() {
+            tracing::warn!(
+                "JACK MIDI: {to} does not exist yet; {own} connects to it as soon as it appears"
+            );
         }
+        destination.keep(active.as_client(), Instant::now());
+        destinations.push(destination);
     }
     Ok(JackOutput {
         client: Some(active),
         lost,
+        destinations,
+        checked_at: Instant::now(),
         opened,
     })
 }
@@ -343,6 +436,24 @@ pub fn describe_server() -> String {
 impl super::reconnect::LiveStream for JackOutput {
     fn is_lost(&self) -> bool {
         JackOutput::is_lost(self)
+    }
+
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        if self.destinations.is_empty()
+            || now.duration_since(self.checked_at) < super::reconnect::FIRST_RETRY
+        {
+            return;
+        }
+        self.checked_at = now;
+        if self.lost.load(Ordering::Acquire) {
+            return;
+        }
+        if let Some(client) = self.client.as_ref().map(jack::AsyncClient::as_client) {
+            for destination in &mut self.destinations {
+                destination.keep(client, now);
+            }
+        }
     }
 }
 

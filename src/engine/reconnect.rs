@@ -38,6 +38,11 @@ const TAKE_TIMEOUT: Duration = Duration::from_secs(2);
 pub trait LiveStream: Send {
     /// Whether its device went away.
     fn is_lost(&self) -> bool;
+
+    /// Keeps what hangs off a running stream in place (JACK MIDI connections to other
+    /// programs' ports); the reconnect thread calls it every few milliseconds, the stream
+    /// paces itself.
+    fn maintain(&mut self) {}
 }
 
 /// Opens the device again and starts a stream on the engine: put the engine in the slot
@@ -142,6 +147,7 @@ fn watch(
             if sleep_unless_stopped(POLL, stop) {
                 return Some(stream);
             }
+            stream.maintain();
         }
         let lost_at = Instant::now();
         status.device_lost.store(true, Ordering::Release);
