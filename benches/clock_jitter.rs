@@ -25,19 +25,9 @@ mod common;
 use std::io::{Read, Write};
 use std::process::Command;
 
-use common::percentile;
+use common::{now_ns, percentile};
 
 const BPM: f64 = 300.0;
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Reader mode (this executable re-run): timestamp every clock byte arriving on the FIFO.
 fn reader(fifo: &str, out: &str) {

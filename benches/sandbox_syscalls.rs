@@ -17,7 +17,11 @@
 //! Run: `cargo bench --bench sandbox_syscalls` (BACKLINE_BENCH_ROUNDS alternating rounds,
 //! default 5; medians).
 
+mod common;
+
 use std::process::Command;
+
+use common::now_ns;
 
 const CHILD: &str = "BACKLINE_SYSCALL_CHILD";
 /// Calls per timed batch; the best of several batches is kept (interrupts only add).
@@ -27,16 +31,6 @@ const BATCHES: usize = 7;
 /// 128-frame period at 48 kHz (µs).
 const CLOCK_P99_US: f64 = 50.0;
 const PERIOD_US: f64 = 128.0 / 48_000.0 * 1e6;
-
-fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Best mean ns per call of `call` over BATCHES batches.
 fn time(mut call: impl FnMut()) -> f64 {

@@ -1,5 +1,5 @@
-//! What the timing benchmarks share: CPU load on every core, and the machine's scheduling
-//! floor measured by `cyclictest` (package rt-tests).
+//! What the timing benchmarks share: the monotonic clock, CPU load on every core, and the
+//! machine's scheduling floor measured by `cyclictest` (package rt-tests).
 
 #![allow(dead_code)]
 
@@ -8,6 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// CLOCK_MONOTONIC in ns.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// Busy threads, one per core, until dropped.
 pub struct Load {
