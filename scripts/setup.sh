@@ -9,6 +9,7 @@ required=(
   libasound2-dev        # cpal's ALSA backend and midir (build)
   libjack-jackd2-dev    # cpal's JACK backend and the test recorder (build)
   jackd2                # a real JACK server (dummy driver) for the end-to-end tests
+  pulseaudio pulseaudio-utils libasound2-plugins   # tests/alsa_reconnect.rs: ALSA's pulse PCM into a private PulseAudio null sink
   util-linux            # setpriv for the privilege tests
   systemd               # systemd-analyze security/verify for the unit checks
   debootstrap systemd-container procps   # the service test: a Debian image booted with systemd-nspawn

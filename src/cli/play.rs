@@ -271,24 +271,100 @@ fn empty_engine(rate: u32, _status: Arc<SharedStatus>) -> Engine {
     }
 }
 
-/// Whether an ALSA device may be back: the set of sound device nodes changed since the loss.
+/// Whether an ALSA device may be back: the set of sound device nodes grew since the loss, or a
+/// PulseAudio / PipeWire server (ALSA's `pulse` plugin, often behind `default`) that was seen
+/// gone accepts clients again.
 fn alsa_presence() -> Presence {
     let count = || {
         std::fs::read_dir("/dev/snd")
             .map(|dir| dir.flatten().count())
             .unwrap_or(0)
     };
+    let sockets = pulse_sockets();
     let mut at_loss: Option<usize> = None;
+    let mut pulse_seen_gone = false;
     Box::new(move || {
         let now = count();
-        match at_loss {
+        let new_node = match at_loss {
             None => {
                 at_loss = Some(now);
                 false
             }
             Some(before) => now > before,
+        };
+        let pulse_up = sockets.iter().any(|socket| unix_socket_accepts(socket));
+        let pulse_back = pulse_seen_gone && pulse_up;
+        if pulse_back {
+            pulse_seen_gone = false;
+        } else if !pulse_up && !sockets.is_empty() {
+            pulse_seen_gone = true;
         }
+        new_node || pulse_back
     })
+}
+
+/// Where libpulse (and so ALSA's pulse plugin) looks for its server's socket: `PULSE_SERVER`'s
+/// `unix:` entries, `$PULSE_RUNTIME_PATH/native`, `$XDG_RUNTIME_DIR/pulse/native` and the
+/// system-wide daemon's.
+fn pulse_sockets() -> Vec<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let mut sockets = Vec::new();
+    if let Ok(servers) = std::env::var("PULSE_SERVER") {
+        for entry in servers.split_whitespace() {
+            // An entry may start with `{machine-id}`.
+            let entry = entry.rsplit_once('}').map_or(entry, |(_, rest)| rest);
+            if let Some(path) = entry.strip_prefix("unix:") {
+                sockets.push(PathBuf::from(path));
+            } else if entry.starts_with('/') {
+                sockets.push(PathBuf::from(entry));
+            }
+        }
+    }
+    if let Some(dir) = std::env::var_os("PULSE_RUNTIME_PATH") {
+        sockets.push(PathBuf::from(dir).join("native"));
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+        sockets.push(PathBuf::from(dir).join("pulse/native"));
+    }
+    sockets.push(PathBuf::from("/run/pulse/native"));
+    sockets.dedup();
+    sockets
+}
+
+/// Whether a server listens on the Unix socket at `path` (a killed server leaves its socket
+/// file behind, so the file alone says nothing). Non-blocking: a full backlog counts as
+/// listening.
+fn unix_socket_accepts(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= address.sun_path.len() {
+        return false;
+    }
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (slot, byte) in address.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: plain syscalls on a socket this function owns and closes.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return false;
+        }
+        let r = libc::connect(
+            fd,
+            std::ptr::addr_of!(address).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        );
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        libc::close(fd);
+        r == 0 || errno == libc::EAGAIN || errno == libc::EINPROGRESS
+    }
 }
 
 /// Runs `backline play`. Returns the process exit code.

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample, StreamConfig};
@@ -14,6 +15,16 @@ use super::transport::SharedStatus;
 
 /// Stream errors in a row, with no buffer in between, that mean the device is gone.
 const ERRORS_MEAN_LOST: u64 = 20;
+/// How long the audio thread of a dead stream pauses on each further error.
+const DEAD_STREAM_PAUSE: Duration = Duration::from_millis(10);
+
+/// Once its stream is dead, the audio thread gives up real-time priority (lowering it needs
+/// no privilege), so a cpal retry loop that never ends runs at normal priority.
+fn calm_dead_stream_thread() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread with a valid parameter struct.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+}
 
 /// What was actually opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,23 +295,36 @@ fn build<T: DeviceSample>(
                 }
             },
             move |error| {
-                // May run on the audio thread: flags and counters only (no allocation); the
+                // Runs on the audio thread: flags and counters only (no allocation); the
                 // reconnect thread reports and recovers.
-                let gone = match &error {
-                    cpal::StreamError::DeviceNotAvailable => true,
-                    cpal::StreamError::BackendSpecific { err } => {
-                        let text = err.description.as_str();
-                        text.contains("No such device")
-                            || text.contains("ENODEV")
-                            || errors.fetch_add(1, Ordering::Relaxed) + 1 >= ERRORS_MEAN_LOST
-                    }
-                };
-                if gone {
+                let already_lost = lost.load(Ordering::Acquire);
+                let gone = already_lost
+                    || match &error {
+                        cpal::StreamError::DeviceNotAvailable => true,
+                        cpal::StreamError::BackendSpecific { err } => {
+                            let text = err.description.as_str();
+                            text.contains("No such device")
+                                || text.contains("ENODEV")
+                                || errors.fetch_add(1, Ordering::Relaxed) + 1 >= ERRORS_MEAN_LOST
+                        }
+                    };
+                if !gone {
+                    status.xruns.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if !already_lost {
                     lost.store(true, Ordering::Release);
                     status.device_lost.store(true, Ordering::Release);
-                } else {
-                    status.xruns.fetch_add(1, Ordering::Relaxed);
+                    calm_dead_stream_thread();
                 }
+                // The stream is dead and this thread has no audio left to serve. cpal's ALSA
+                // worker retries a failing call at once, for ever: a poll whose revents fail
+                // (ALSA's pulse plugin after its server died: EIO, about 60 000 times a
+                // second) or a write that keeps failing (which never looks at cpal's stop
+                // pipe, so that stream cannot be joined). Pausing here keeps either loop from
+                // burning a core until the reconnect thread closes the stream (or leaves it
+                // behind, see `reconnect::release`).
+                std::thread::sleep(DEAD_STREAM_PAUSE);
             },
             None,
         )

@@ -33,6 +33,8 @@ pub const LONGEST_RETRY: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
 /// How long a cycle in progress may keep the engine before the handover gives up.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long closing a dead stream may take before it is left behind.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A running output stream, as the reconnect thread sees it.
 pub trait LiveStream: Send {
@@ -110,10 +112,34 @@ impl Supervisor {
                     // Let the last buffers reach the speakers before closing the device.
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                drop(stream);
+                release(stream);
             }
         }
     }
+}
+
+/// Closes a stream on a helper thread and waits up to [`RELEASE_TIMEOUT`] for it. A dead
+/// cpal ALSA stream whose device keeps failing writes can never be joined (cpal retries the
+/// write for ever without looking at its stop request); it is then left behind, its thread
+/// paused between errors at normal priority (`output::build`), rather than blocking the
+/// reconnect for good. Returns whether the stream was closed.
+fn release(stream: Box<dyn LiveStream>) -> bool {
+    let (done, closed) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("backline-close".into())
+        .spawn(move || {
+            drop(stream);
+            let _ = done.send(());
+        });
+    // If no thread can be started, the closure (and the stream) was dropped right here.
+    if spawned.is_err() || closed.recv_timeout(RELEASE_TIMEOUT).is_ok() {
+        return true;
+    }
+    warn!(
+        "the lost audio stream did not close within {} s (its driver keeps failing); left behind",
+        RELEASE_TIMEOUT.as_secs()
+    );
+    false
 }
 
 impl Drop for Supervisor {
@@ -164,7 +190,7 @@ fn watch(
             return Some(stream);
         };
         // Release what the dead stream still holds (its client or stream handle).
-        drop(stream);
+        release(stream);
         engine
             .callback
             .prepare_for_new_stream(settings.on_reconnect == OnReconnect::Resume);
