@@ -758,12 +758,25 @@ fn broadcast() -> Result<(), String> {
     let deadline = Instant::now() + BROADCAST_DEADLINE;
     let mut signalled: Vec<(i32, Instant)> = Vec::new();
     loop {
-        let pending: Vec<i32> = task_ids()
+        // A thread that blocks every signal (libpulse's mainloop thread does) can never run
+        // the handler: once it has been signalled and still blocks it 100 ms later (not just
+        // a short critical section), it is reported instead of waited for until the deadline.
+        let (blocking, pending): (Vec<i32>, Vec<i32>) = task_ids()
             .into_iter()
             .filter(|&tid| tid != me && !is_done(tid))
-            .collect();
-        if pending.is_empty() {
+            .partition(|&tid| {
+                signalled
+                    .iter()
+                    .any(|(t, at)| *t == tid && at.elapsed() > Duration::from_millis(100))
+                    && blocks_signal(tid, signal)
+            });
+        if pending.is_empty() && blocking.is_empty() {
             return Ok(());
+        }
+        if pending.is_empty() {
+            return Err(format!(
+                "threads {blocking:?} block signals, so they keep their capabilities and Landlock does not reach them (seccomp, applied with TSYNC, does)"
+            ));
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -788,6 +801,18 @@ fn broadcast() -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Whether task `tid` blocks `signal` (its `SigBlk` mask in `/proc/self/task/TID/status`).
+fn blocks_signal(tid: i32, signal: libc::c_int) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigBlk:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| signal >= 1 && mask & (1u64 << (signal - 1)) != 0)
 }
 
 /// Counts the tasks whose `/proc/self/task/TID/status` shows the restricted state.
