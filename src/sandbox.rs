@@ -1386,6 +1386,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_thread_blocking_every_signal_is_recognised() {
+        let signal = libc::SIGRTMAX() - 2;
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let blocker = std::thread::spawn(move || {
+            // SAFETY: sigset_t is plain data; the mask applies to this thread only.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            }
+            let _ = tid_tx.send(gettid());
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().expect("blocker started");
+        assert!(blocks_signal(tid, signal));
+        assert!(!blocks_signal(gettid(), signal));
+        let _ = done_tx.send(());
+        let _ = blocker.join();
+    }
+
+    #[test]
     fn allow_list_has_what_promotion_needs_and_nothing_dangerous() {
         let names: Vec<&str> = allowed_syscalls().iter().map(|(n, _)| *n).collect();
         for needed in [
