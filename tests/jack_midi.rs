@@ -306,12 +306,15 @@ impl jack::ProcessHandler for SinkProcess {
     fn process(&mut self, _: &jack::Client, ps: &jack::ProcessScope) -> jack::Control {
         use std::sync::atomic::Ordering;
         for event in self.port.iter(ps) {
-            if event.bytes.first() == Some(&0xF8)
-                && self.shared.ticks.fetch_add(1, Ordering::AcqRel) == 0
-            {
-                self.shared
-                    .first_tick_ns
-                    .store(common::now_ns(), Ordering::Release);
+            if event.bytes.first() == Some(&0xF8) {
+                // The time first, then the count: a reader that sees a tick sees its time.
+                let _ = self.shared.first_tick_ns.compare_exchange(
+                    0,
+                    common::now_ns(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                self.shared.ticks.fetch_add(1, Ordering::AcqRel);
             }
         }
         jack::Control::Continue

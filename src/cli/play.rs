@@ -283,6 +283,9 @@ fn alsa_presence() -> Presence {
     let sockets = pulse_sockets();
     let mut at_loss: Option<usize> = None;
     let mut pulse_seen_gone = false;
+    // The reconnect thread asks every few ms; a sound server is knocked on at most every
+    // 250 ms.
+    let mut probed_at: Option<std::time::Instant> = None;
     Box::new(move || {
         let now = count();
         let new_node = match at_loss {
@@ -292,14 +295,23 @@ fn alsa_presence() -> Presence {
             }
             Some(before) => now > before,
         };
-        let pulse_up = sockets.iter().any(|socket| unix_socket_accepts(socket));
-        let pulse_back = pulse_seen_gone && pulse_up;
-        if pulse_back {
-            pulse_seen_gone = false;
-        } else if !pulse_up && !sockets.is_empty() {
-            pulse_seen_gone = true;
+        let due = probed_at.map_or(true, |at| {
+            at.elapsed() >= crate::engine::reconnect::FIRST_RETRY
+        });
+        let mut pulse_back = false;
+        if due && !sockets.is_empty() {
+            probed_at = Some(std::time::Instant::now());
+            let pulse_up = sockets.iter().any(|socket| unix_socket_accepts(socket));
+            pulse_back = pulse_seen_gone && pulse_up;
+            pulse_seen_gone = !pulse_up;
         }
-        new_node || pulse_back
+        let back = new_node || pulse_back;
+        if back {
+            // Counted again from here: a later loss (or a failed attempt) starts from the
+            // nodes present now, so it backs off until something new appears.
+            at_loss = None;
+        }
+        back
     })
 }
 

@@ -108,11 +108,13 @@ impl Supervisor {
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             if let Ok(Some(stream)) = thread.join() {
-                if !stream.is_lost() {
+                if stream.is_lost() {
+                    release(stream);
+                } else {
                     // Let the last buffers reach the speakers before closing the device.
                     std::thread::sleep(Duration::from_millis(100));
+                    drop(stream);
                 }
-                release(stream);
             }
         }
     }

@@ -458,40 +458,20 @@ fn encode(channel: u8, message: MidiMessage) -> ([u8; 3], u8) {
     }
 }
 
-/// The beat clock's tempo map for a MIDI file: its tempo and time-signature events read
-/// through the same validated header and chunk walk as [`parse_schedule`] (midly's own
-/// `Smf::parse` panics on some damaged headers). `None` for SMPTE timing, which has no tempo
-/// to follow, or a file that does not parse; a track is read up to its first damaged event.
+/// The beat clock's tempo map for a MIDI file: its tempo and time-signature events, read by
+/// the same walk as [`parse_schedule`] (header, chunks and events, with the same recoveries
+/// and refusals), so the clock and the MIDI file can never follow different tempos. `None`
+/// for SMPTE timing, which has no tempo to follow, or a file the schedule refuses.
 pub fn clock_tempo_map(bytes: &[u8]) -> Option<crate::timing::TempoMap> {
-    let header = read_header(bytes).ok()?;
+    // Every channel excluded: only the meta events are kept.
+    let (header, collector) = collect(bytes, u16::MAX, &LIMITS).ok()?;
     let Division::Metrical(ppq) = header.division else {
         return None;
     };
-    let mut tempos = Vec::new();
-    let mut meters = Vec::new();
-    for data in track_chunks(bytes, &header).ok()? {
-        let mut tick = 0u64;
-        for event in EventIter::new(data) {
-            let Ok(event) = event else { break };
-            tick = tick.saturating_add(u64::from(event.delta.as_int()));
-            match event.kind {
-                TrackEventKind::Meta(MetaMessage::Tempo(us)) => tempos.push((tick, us.as_int())),
-                TrackEventKind::Meta(MetaMessage::TimeSignature(beats, log2_note, _, _))
-                    if beats > 0 && log2_note < 6 =>
-                {
-                    let meter = crate::library::TimeSignature {
-                        beats,
-                        note_value: 1 << log2_note,
-                    };
-                    meters.push((tick, meter));
-                }
-                TrackEventKind::Meta(MetaMessage::EndOfTrack) => break,
-                _ => {}
-            }
-        }
-    }
     Some(crate::timing::TempoMap::from_midi_events(
-        ppq, tempos, &meters,
+        ppq,
+        collector.tempos,
+        &collector.meters,
     ))
 }
 
@@ -503,6 +483,8 @@ struct Collector {
     pending: Vec<Pending>,
     /// (tick, µs per quarter) in file order.
     tempos: Vec<(u64, u32)>,
+    /// (tick, meter) in file order, for the beat clock's bars.
+    meters: Vec<(u64, crate::library::TimeSignature)>,
     end_tick: u64,
 }
 
@@ -594,6 +576,15 @@ impl Collector {
                         format!("Set Tempo event with {} data bytes", data.len()),
                         "3 bytes (microseconds per quarter note)",
                     ));
+                }
+                TrackEventKind::Meta(MetaMessage::TimeSignature(beats, log2_note, _, _))
+                    if beats > 0 && log2_note < 6 =>
+                {
+                    let meter = crate::library::TimeSignature {
+                        beats,
+                        note_value: 1 << log2_note,
+                    };
+                    self.meters.push((tick, meter));
                 }
                 TrackEventKind::Meta(MetaMessage::EndOfTrack) => break,
                 // SysEx, escapes and other meta events are not sent.
@@ -707,23 +698,31 @@ fn exclusion_mask(exclude: &[u8]) -> u16 {
         .fold(0, |mask, channel| mask | 1 << (channel - 1))
 }
 
-fn parse_with(bytes: &[u8], exclude: &[u8], limits: &Limits) -> Result<MidiSchedule, String> {
+/// Reads the header, the track chunks and every event: what both the schedule and the beat
+/// clock's tempo map are built from. Channels whose bit is set in `excluded` are not kept.
+fn collect(bytes: &[u8], excluded: u16, limits: &Limits) -> Result<(Header, Collector), String> {
     if bytes.len() as u64 > limits.bytes {
         return Err(too_big(bytes.len() as u64, limits.bytes));
     }
     let header = read_header(bytes)?;
     let tracks = track_chunks(bytes, &header)?;
     let mut collector = Collector {
-        excluded: exclusion_mask(exclude),
+        excluded,
         max_events: limits.events,
         events_seen: 0,
         pending: Vec::new(),
         tempos: Vec::new(),
+        meters: Vec::new(),
         end_tick: 0,
     };
     for (index, data) in tracks.iter().enumerate() {
         collector.read_track(bytes, index + 1, data)?;
     }
+    Ok((header, collector))
+}
+
+fn parse_with(bytes: &[u8], exclude: &[u8], limits: &Limits) -> Result<MidiSchedule, String> {
+    let (header, collector) = collect(bytes, exclusion_mask(exclude), limits)?;
     let Collector {
         mut pending,
         tempos,
@@ -807,6 +806,25 @@ mod tests {
     fn tempo(us: u32) -> [u8; 6] {
         let b = us.to_be_bytes();
         [0xFF, 0x51, 0x03, b[1], b[2], b[3]]
+    }
+
+    #[test]
+    fn the_clock_follows_tempo_changes_after_a_recovered_event_like_the_schedule() {
+        // Running status right after a meta event (midly stops there; the schedule recovers),
+        // then a change to 240 BPM at tick 96 (0.2 beats = 0.1 s). The beat clock must see it.
+        let body = track(&[
+            (0, &[0x90, 0x3C, 0x64]),
+            (0, &tempo(500_000)),
+            (96, &[0x3C, 0x00]),
+            (0, &tempo(250_000)),
+            (0, &[0xFF, 0x58, 0x04, 0x03, 0x02, 0x18, 0x08]),
+            (480, &[0x80, 0x3C, 0x00]),
+        ]);
+        let file = smf(0, 480, &[body]);
+        let schedule = parse_schedule(&file, &[]).expect("the schedule recovers");
+        assert_eq!(schedule.events.len(), 3);
+        let map = clock_tempo_map(&file).expect("metrical file");
+        assert!((map.bpm_at_seconds(0.5) - 240.0).abs() < 0.01);
     }
 
     fn times(schedule: &MidiSchedule) -> Vec<f64> {
