@@ -369,6 +369,16 @@ impl Config {
                 OnReconnect::Resume
             }
         };
+        if let Some(device) = audio_raw.device.as_deref().filter(|d| d.contains('\0')) {
+            errors.push(at(
+                "device",
+                None,
+                format!(
+                    "audio device `{}` contains a NUL character: expected a device name such as `default`, `hw:1` or `jack`",
+                    device.escape_default()
+                ),
+            ));
+        }
         let audio = AudioConfig {
             device: audio_raw.device.unwrap_or(defaults.device),
             sample_rate: audio_raw.sample_rate.unwrap_or(defaults.sample_rate),
@@ -547,6 +557,24 @@ fn convert_midi(
                 .map(|p| MidiTarget::Path(base.join(p))),
             output.jack.clone().map(MidiTarget::Jack),
         ];
+        // Device and port names go to C libraries (ALSA, JACK) as C strings.
+        let names = [
+            Some(&output.name),
+            output.port.as_ref(),
+            output.rawmidi.as_ref(),
+            output.jack.as_ref(),
+        ];
+        if names.into_iter().flatten().any(|n| n.contains('\0')) {
+            errors.push(at(
+                "name",
+                None,
+                format!(
+                    "MIDI output `{}`: a name contains a NUL character: expected plain text",
+                    output.name.escape_default()
+                ),
+            ));
+            continue;
+        }
         let mut chosen: Vec<MidiTarget> = targets.into_iter().flatten().collect();
         if chosen.len() != 1 {
             errors.push(at(
@@ -806,6 +834,18 @@ mod tests {
     #[test]
     fn on_reconnect_values() {
         let config = Config::parse(Path::new("b.yaml"), "audio:\n  device: jack\n").expect("valid");
+        for text in [
+            "audio:\n  device: \"jack:a\\0b\"\n",
+            "midi:\n  outputs:\n    - { name: x, jack: \"a:b\\0\" }\n",
+        ] {
+            let errors = Config::parse(Path::new("b.yaml"), text).expect_err("NUL refused");
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.to_string().contains("NUL character")),
+                "{errors:?}"
+            );
+        }
         assert_eq!(config.audio.on_reconnect, OnReconnect::Resume);
         let config =
             Config::parse(Path::new("b.yaml"), "audio:\n  on_reconnect: restart\n").expect("valid");
