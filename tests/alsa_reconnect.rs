@@ -11,53 +11,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fixtures::TestShow;
-use common::{dominant_frequency, now_ns, pulse_unavailable, wait_until, LogCapture, PulseServer};
+use common::{dominant_frequency, now_ns, pulse_unavailable, wait_until, Player, PulseServer};
 
 const RATE: u32 = 48_000;
 const TONE_HZ: f32 = 440.0;
-
-struct Player {
-    child: Child,
-    log: LogCapture,
-}
-
-impl Player {
-    fn spawn(show: &TestShow, server: &PulseServer) -> Player {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backline"))
-            .arg("play")
-            .arg(&show.root)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .envs(server.envs())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run backline");
-        let log = LogCapture::start(&mut child);
-        Player { child, log }
-    }
-
-    fn text(&self) -> String {
-        self.log.text()
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Player {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// backline's own lines (ALSA and libjack print their probing noise on the same stderr).
 fn own_lines(log: &str) -> String {
@@ -81,7 +41,7 @@ fn pulse_daemon_killed_and_back_alsa_output_resumes() {
     );
     let server = PulseServer::start();
     let recorder = server.record();
-    let mut player = Player::spawn(&show, &server);
+    let mut player = Player::spawn(&show.root, &[], &server.envs());
 
     // Real output first: the tone reaches the null sink through ALSA's pulse plugin.
     assert!(
@@ -179,22 +139,10 @@ fn pulse_daemon_killed_and_back_alsa_output_resumes() {
     assert!(!log.contains("panicked"), "{log}");
 
     // And it still ends cleanly.
-    unsafe { libc::kill(player.child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = player.child.try_wait().expect("poll") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "SIGTERM ends the player:\n{}",
-            own_lines(&player.text())
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (status, log) = player.terminate();
     assert!(
         status.success(),
         "exit status {status}:\n{}",
-        own_lines(&player.log.finish())
+        own_lines(&log)
     );
 }

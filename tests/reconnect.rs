@@ -10,13 +10,12 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fixtures::TestShow;
 use common::now_ns;
-use common::{unique_client_name, wait_until, JackServer, LogCapture, Recorder, Recording};
+use common::{unique_client_name, wait_until, JackServer, Player, Recorder, Recording};
 
 const RATE: u32 = 48_000;
 const PERIOD: u32 = 256;
@@ -62,68 +61,20 @@ fn usecs_of(rec: &Recording, index: usize) -> f64 {
         + index as f64 * 1e6 / f64::from(rec.sample_rate)
 }
 
-struct Player {
-    child: Child,
-    log: LogCapture,
+/// backline on the test server as JACK client `client`.
+fn spawn(show: &TestShow, server: &JackServer, client: &str) -> Player {
+    spawn_with(show, server, client, &[])
 }
 
-impl Player {
-    fn spawn(show: &TestShow, server: &JackServer, client: &str) -> Player {
-        Player::spawn_with(show, server, client, &[])
-    }
-
-    fn spawn_with(
-        show: &TestShow,
-        server: &JackServer,
-        client: &str,
-        envs: &[(&str, String)],
-    ) -> Player {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_backline"))
-            .arg("play")
-            .arg(&show.root)
-            .args(["--output", &format!("jack:{client}")])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .envs(server.envs())
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run backline");
-        let log = LogCapture::start(&mut child);
-        Player { child, log }
-    }
-
-    fn text(&self) -> String {
-        self.log.text()
-    }
-
-    /// SIGTERM, then the exit status and everything it logged.
-    fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("poll") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "SIGTERM ends the player: {}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (status, self.log.finish())
-    }
-}
-
-impl Drop for Player {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn spawn_with(
+    show: &TestShow,
+    server: &JackServer,
+    client: &str,
+    envs: &[(&str, String)],
+) -> Player {
+    let mut all = server.envs();
+    all.extend(envs.iter().cloned());
+    Player::spawn(&show.root, &["--output", &format!("jack:{client}")], &all)
 }
 
 /// Threads of `pid` named `name`, with their scheduling policy (field 41 of their stat).
@@ -174,7 +125,7 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
     let client = unique_client_name("backline");
     let ports = format!("{client}:out_");
     let recorder = Recorder::start(&server, &ports, 1);
-    let player = Player::spawn(&show, &server, &client);
+    let mut player = spawn(&show, &server, &client);
     assert!(
         recorder.wait_connected(Duration::from_secs(20)),
         "{}",
@@ -203,7 +154,7 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
     let song_start_us = usecs_of(&before, probe) - position_of(samples[probe]) * 1e6;
 
     std::thread::sleep(Duration::from_secs(1));
-    assert!(player_alive(&player), "still running: {}", player.text());
+    assert!(player.alive(), "still running: {}", player.text());
     server.restart();
     let up_us = jack::get_time() as f64;
     // About one run in eight on a loaded machine, the test's own recorder client stalls on the
@@ -248,7 +199,7 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
         server.log()
     );
     if unsafe { libc::geteuid() } == 0 {
-        let audio = threads_named(player.child.id(), "backline-audio");
+        let audio = threads_named(player.pid(), "backline-audio");
         assert!(
             audio.iter().any(|&(_, policy)| policy == 1),
             "the new audio thread runs SCHED_FIFO: {audio:?}\n{}",
@@ -324,10 +275,6 @@ fn densest_half_second(ticks: &[u64]) -> usize {
 
 /// Most ticks of 120 BPM (one per 20.83 ms) that may arrive within 500 ms.
 const MAX_TICKS_PER_HALF_SECOND: usize = 28;
-
-fn player_alive(player: &Player) -> bool {
-    unsafe { libc::kill(player.child.id() as libc::pid_t, 0) == 0 }
-}
 
 #[test]
 fn a_server_that_comes_back_resumes_the_song_where_it_would_have_been() {
@@ -519,7 +466,7 @@ fn a_midi_output_whose_reader_comes_back_gets_the_clock_again_without_disturbing
     let server = JackServer::start(RATE, PERIOD);
     let client = unique_client_name("backline");
     let recorder = Recorder::start(&server, &format!("{client}:out_"), 1);
-    let player = Player::spawn(&show, &server, &client);
+    let player = spawn(&show, &server, &client);
     assert!(
         recorder.wait_connected(Duration::from_secs(20)),
         "{}",
@@ -619,7 +566,7 @@ fn systemd_hears_the_loss_and_the_watchdog_keeps_pinging_while_reconnecting() {
     };
     let server = JackServer::start(RATE, PERIOD);
     let client = unique_client_name("backline");
-    let player = Player::spawn_with(
+    let player = spawn_with(
         &show,
         &server,
         &client,

@@ -9,16 +9,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// CLOCK_MONOTONIC in ns.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// CLOCK_MONOTONIC in ns: the player's own clock read, so test, bench and player compare
+/// like with like.
+#[allow(unused_imports)] // not every bench or test binary reads the clock
+pub use backline::engine::callback::monotonic_ns as now_ns;
 
 /// Busy threads, one per core, until dropped.
 pub struct Load {

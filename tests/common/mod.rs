@@ -64,7 +64,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -88,16 +88,10 @@ fn log(msg: &str) {
 // wait_until
 // ---------------------------------------------------------------------------------------------
 
-/// Nanoseconds on CLOCK_MONOTONIC, the clock backline's deadlines use.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes only the timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+/// CLOCK_MONOTONIC in ns: the player's own clock read, so test, bench and player compare
+/// like with like.
+#[allow(unused_imports)] // not every bench or test binary reads the clock
+pub use backline::engine::callback::monotonic_ns as now_ns;
 
 /// The backline binary under test, run through `setpriv ARGS…` when `setpriv` is not empty
 /// (to remove or grant capabilities and change the user).
@@ -153,6 +147,75 @@ impl LogCapture {
             let _ = reader.join();
         }
         self.text()
+    }
+}
+
+/// The real binary playing a show in the background (outside systemd: no notify or watchdog
+/// variables), its stderr collected; killed when dropped.
+pub struct Player {
+    child: Child,
+    log: LogCapture,
+}
+
+impl Player {
+    /// `backline play ROOT ARGS…` with `envs` added to the environment.
+    pub fn spawn(root: &Path, args: &[&str], envs: &[(&str, String)]) -> Player {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_backline"))
+            .arg("play")
+            .arg(root)
+            .args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run backline");
+        let log = LogCapture::start(&mut child);
+        Player { child, log }
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        self.log.text()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then the exit status and everything it logged (panics after 10 s).
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIGTERM ends the player: {}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, self.log.finish())
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
