@@ -385,6 +385,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let signals = Signals::register(!interactive);
     let (quit, usr1) = (signals.quit.clone(), signals.usr1.clone());
+    rt::fix_malloc_mmap_threshold();
     let show = match Show::load(target) {
         Ok(show) => show,
         Err(errors) => {
