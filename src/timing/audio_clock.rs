@@ -106,6 +106,18 @@ pub const RESET_ERROR_PERIODS: f64 = 4.0;
 /// A callback further than this from the loop's prediction, in ns, restarts the loop (whichever
 /// of this and [`RESET_ERROR_PERIODS`] is larger applies).
 pub const RESET_ERROR_MIN_NS: f64 = 20e6;
+/// A callback later than this many buffers after the loop's prediction (and at least
+/// [`STALL_MIN_NS`] late) is taken for a scheduling stall, not for a change of the device's
+/// clock: the loop coasts on its prediction instead of following it. A callback can be
+/// delayed, never early, so lateness this large is the host's, and a timer-paced render
+/// catches up after a stall by running the missed buffers back to back — following those
+/// (or restarting on the first) moved the mapping by milliseconds for seconds afterwards.
+pub const STALL_PERIODS: f64 = 0.25;
+/// See [`STALL_PERIODS`], in ns.
+pub const STALL_MIN_NS: f64 = 1e6;
+/// Callbacks that stay late for this long (CLOCK_MONOTONIC ns, from the first late one) are
+/// a real shift — a device that underran without a frame-counter jump — and restart the loop.
+pub const COAST_LIMIT_NS: u64 = 200_000_000;
 /// A frame counter advancing by more than this many buffers at once restarts the loop.
 pub const RESET_JUMP_PERIODS: u64 = 4;
 /// Seconds after a (re)start after which tick deadlines are within 1 ms of the true frame time
@@ -364,6 +376,8 @@ struct LoopState {
     /// Frames and filtered ns since the start of the rate baseline.
     baseline_frames: u64,
     baseline_ns: f64,
+    /// CLOCK_MONOTONIC time of the first of the current run of stalled (late) callbacks.
+    late_since_ns: Option<u64>,
 }
 
 impl LoopState {
@@ -413,11 +427,23 @@ impl AudioClockWriter {
         let n = frames as f64;
         let now = (i128::from(now_ns) - i128::from(state.base_ns)) as f64;
         let predicted = state.loop_time + n * state.loop_ns_per_frame;
-        let error = now - predicted;
+        let mut error = now - predicted;
         let buffer_ns = n * state.loop_ns_per_frame;
         let jumped = state.period_frames > 0
             && frames > RESET_JUMP_PERIODS.saturating_mul(state.period_frames);
-        if jumped || error.abs() > (RESET_ERROR_PERIODS * buffer_ns).max(RESET_ERROR_MIN_NS) {
+        let stalled = !jumped && error > (STALL_PERIODS * buffer_ns).max(STALL_MIN_NS);
+        let coasting = if stalled {
+            let since = *state.late_since_ns.get_or_insert(now_ns);
+            now_ns.saturating_sub(since) < COAST_LIMIT_NS
+        } else {
+            state.late_since_ns = None;
+            false
+        };
+        if coasting {
+            // Run the loop as if this callback had come when predicted.
+            error = 0.0;
+        } else if jumped || error.abs() > (RESET_ERROR_PERIODS * buffer_ns).max(RESET_ERROR_MIN_NS)
+        {
             let ns_per_frame = state.loop_ns_per_frame;
             self.restart(frame, now_ns, ns_per_frame);
             return;
@@ -506,6 +532,7 @@ impl AudioClockWriter {
             published_ns_per_frame: ns_per_frame,
             baseline_frames: 0,
             baseline_ns: 0.0,
+            late_since_ns: None,
         };
         self.state = Some(state);
         self.publish(&state);
@@ -819,6 +846,22 @@ mod tests {
         sim.writer.reset();
         sim.callback();
         assert_eq!(sim.clock.generation(), 4);
+    }
+
+    #[test]
+    fn a_stall_caught_up_in_a_burst_keeps_the_mapping() {
+        let mut sim = Sim::new(100.0, 45, 0);
+        check_tracking(&mut sim, 10.0, CONVERGENCE_SECONDS);
+        // The host stops the process for 60 ms; the device (a timer-paced render) does not
+        // stop, so the missed buffers then run back to back, 1 µs apart, until caught up.
+        sim.next_wake += 60_000_000;
+        sim.interface.last_wake = sim.next_wake;
+        let worst = check_tracking(&mut sim, 10.0, 0.0);
+        assert_eq!(sim.clock.generation(), 1);
+        eprintln!(
+            "after a 60 ms stall and catch-up: worst {:.1} µs",
+            worst / 1e3
+        );
     }
 
     #[test]
