@@ -8,7 +8,7 @@
 //! Arrival lateness is measured against a steady grid of ticks (tick n at t0 + n × interval,
 //! the interval fitted to the run — see `arrival_lateness` — and t0 the 0.1th percentile of the
 //! arrivals after removing the grid): it is the jitter a device sees. "early" counts ticks
-//! that arrived more than 100 µs before the grid. "rate ppm" is the fitted interval's
+//! that arrived more than 100 µs before the median arrival. "rate ppm" is the fitted interval's
 //! difference from the nominal 8.333 ms. Drift: the last tick's offset from the nominal grid
 //! placed on the first second.
 //!
@@ -247,7 +247,13 @@ fn arrival_lateness(offsets: &[f64], interval: f64) -> (Vec<f64>, f64, usize) {
     sorted.sort_by(f64::total_cmp);
     let t0 = percentile(&sorted, ANCHOR_QUANTILE);
     let lateness: Vec<f64> = residuals.iter().map(|r| (r - t0) / 1000.0).collect();
-    let early = lateness.iter().filter(|&&l| l < -EARLY_US).count();
+    // Early against the median arrival, which a cluster of early ticks cannot move the way
+    // it can move the anchor.
+    let median_us = (percentile(&sorted, 0.5) - t0) / 1000.0;
+    let early = lateness
+        .iter()
+        .filter(|&&l| l < median_us - EARLY_US)
+        .count();
     (lateness, slope / interval * 1e6, early)
 }
 
@@ -257,7 +263,8 @@ fn arrival_lateness(offsets: &[f64], interval: f64) -> (Vec<f64>, f64, usize) {
 /// was 2.3 ms before the rest, and an anchor at the minimum reported a p50 of 2285 µs.
 const ANCHOR_QUANTILE: f64 = 0.001;
 
-/// Arrivals further than this before the anchor are counted and reported as early ticks.
+/// Arrivals further than this before the median arrival are counted and reported as early
+/// ticks.
 const EARLY_US: f64 = 100.0;
 
 fn cyclictest(seconds: u64) -> Option<[f64; 4]> {

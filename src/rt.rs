@@ -1562,7 +1562,7 @@ pub const MALLOC_MMAP_THRESHOLD: usize = 128 * 1024;
 /// an RT thread): `bash benches/soak.sh 300` grew +836 kB without, +144 kB with. Other C
 /// libraries (musl) ignore this. Call before spawning threads.
 pub fn fix_malloc_mmap_threshold() {
-    #[cfg(target_env = "gnu")]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let bytes = libc::c_int::try_from(MALLOC_MMAP_THRESHOLD).unwrap_or(libc::c_int::MAX);
         // SAFETY: mallopt takes two integers; M_MMAP_THRESHOLD accepts values up to 32 MiB.

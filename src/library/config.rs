@@ -196,7 +196,9 @@ pub struct RealtimeConfig {
     /// p99.9 wake-up latency (cyclictest's p99.9 here: 190–470 µs), and every wake-up later
     /// than the window is late on the wire. 30 s at 300 BPM under load (`clock_jitter`):
     /// self-reported p99.9 195–270 µs with 150, 47–111 µs with 400. Cost: 400 µs of one core
-    /// per tick, 1.9 % at 120 BPM.
+    /// per tick, 1.9 % at 120 BPM. With `cpus` pinning both RT threads to one CPU, the clock
+    /// (the higher priority) delays the audio callback by up to this long before each
+    /// deadline: keep it well under the audio period there.
     pub spin_us: u32,
     /// CPUs the RT threads are pinned to (empty = any).
     pub cpus: Vec<usize>,

@@ -448,10 +448,11 @@ impl Watcher {
             let callbacks = self.shared.status.callbacks.load(Ordering::Relaxed);
             if !ready && callbacks > 0 && !stopping {
                 ready = true;
+                // Logged first, so that whoever sees READY=1 also finds the line in the log.
+                info!("ready: the first audio period has played");
                 let text = self.shared.status_text();
                 self.notify(&[NotifyState::Ready, NotifyState::Status(&text)]);
                 last_status = Some(Instant::now());
-                info!("ready: the first audio period has played");
                 // The watchdog judges progress from here on.
                 last_callbacks = callbacks;
                 last_beat = self.heartbeat();

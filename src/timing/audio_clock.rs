@@ -42,7 +42,9 @@
 //! counter goes backwards (device restart), jumps forward by more than
 //! [`RESET_JUMP_PERIODS`] buffers (xrun, seek of the device counter), or a callback comes more
 //! than max([`RESET_ERROR_PERIODS`] buffers, 20 ms) away from where the loop predicted it
-//! (a stall: the frames written after it leave the interface later), or after
+//! (a stall: the frames written after it leave the interface later; a single late callback
+//! after an on-time one, and the catch-up burst after it, are coasted through first — see
+//! [`STALL_PERIODS`] — so the restart comes one callback later), or after
 //! [`AudioClockWriter::reset`]. Each restart increments the generation (1 for the first
 //! callback; 0 means "no mapping yet"). Readers detect a reset by comparing
 //! [`AudioClock::generation`] or [`ClockMapping::generation`] with the value they scheduled
@@ -107,16 +109,17 @@ pub const RESET_ERROR_PERIODS: f64 = 4.0;
 /// of this and [`RESET_ERROR_PERIODS`] is larger applies).
 pub const RESET_ERROR_MIN_NS: f64 = 20e6;
 /// A callback later than this many buffers after the loop's prediction (and at least
-/// [`STALL_MIN_NS`] late) is taken for a scheduling stall, not for a change of the device's
-/// clock: the loop coasts on its prediction instead of following it. A callback can be
-/// delayed, never early, so lateness this large is the host's, and a timer-paced render
-/// catches up after a stall by running the missed buffers back to back — following those
-/// (or restarting on the first) moved the mapping by milliseconds for seconds afterwards.
-pub const STALL_PERIODS: f64 = 0.25;
+/// [`STALL_MIN_NS`] late), coming after an on-time one, may be a scheduling stall that a
+/// timer-paced render is about to catch up by running the missed buffers back to back: the
+/// loop coasts on its prediction through it and through the burst that follows (callbacks
+/// less than half a buffer apart and still late), instead of restarting on it and then
+/// re-locking through the burst, which moved the mapping by milliseconds for seconds. A
+/// callback that comes a normal buffer later and is still late ends the coast: that is a real
+/// shift (JACK skipped cycles, an ALSA device underran), handled as before, one callback later.
+pub const STALL_PERIODS: f64 = 1.0;
 /// See [`STALL_PERIODS`], in ns.
 pub const STALL_MIN_NS: f64 = 1e6;
-/// Callbacks that stay late for this long (CLOCK_MONOTONIC ns, from the first late one) are
-/// a real shift — a device that underran without a frame-counter jump — and restart the loop.
+/// Longest coast, CLOCK_MONOTONIC ns from its first callback; a longer burst is followed.
 pub const COAST_LIMIT_NS: u64 = 200_000_000;
 /// A frame counter advancing by more than this many buffers at once restarts the loop.
 pub const RESET_JUMP_PERIODS: u64 = 4;
@@ -376,8 +379,12 @@ struct LoopState {
     /// Frames and filtered ns since the start of the rate baseline.
     baseline_frames: u64,
     baseline_ns: f64,
-    /// CLOCK_MONOTONIC time of the first of the current run of stalled (late) callbacks.
+    /// CLOCK_MONOTONIC time of the first callback of the current coast (see [`STALL_PERIODS`]).
     late_since_ns: Option<u64>,
+    /// CLOCK_MONOTONIC time of the newest callback.
+    last_callback_ns: u64,
+    /// Whether the newest callback was later than the stall threshold.
+    last_late: bool,
 }
 
 impl LoopState {
@@ -431,14 +438,26 @@ impl AudioClockWriter {
         let buffer_ns = n * state.loop_ns_per_frame;
         let jumped = state.period_frames > 0
             && frames > RESET_JUMP_PERIODS.saturating_mul(state.period_frames);
-        let stalled = !jumped && error > (STALL_PERIODS * buffer_ns).max(STALL_MIN_NS);
-        let coasting = if stalled {
-            let since = *state.late_since_ns.get_or_insert(now_ns);
-            now_ns.saturating_sub(since) < COAST_LIMIT_NS
+        let late = !jumped && error > (STALL_PERIODS * buffer_ns).max(STALL_MIN_NS);
+        let gap_ns = now_ns.saturating_sub(state.last_callback_ns) as f64;
+        let coasting = match state.late_since_ns {
+            // In a coast: go on through the catch-up burst while it is still late.
+            Some(since) => {
+                !jumped
+                    && error > 0.0
+                    && gap_ns < 0.5 * buffer_ns
+                    && now_ns.saturating_sub(since) < COAST_LIMIT_NS
+            }
+            // A late callback right after an on-time one starts a coast.
+            None => late && !state.last_late,
+        };
+        if coasting {
+            state.late_since_ns.get_or_insert(now_ns);
         } else {
             state.late_since_ns = None;
-            false
-        };
+        }
+        state.last_callback_ns = now_ns;
+        state.last_late = late;
         if coasting {
             // Run the loop as if this callback had come when predicted.
             error = 0.0;
@@ -533,6 +552,8 @@ impl AudioClockWriter {
             baseline_frames: 0,
             baseline_ns: 0.0,
             late_since_ns: None,
+            last_callback_ns: now_ns,
+            last_late: false,
         };
         self.state = Some(state);
         self.publish(&state);
@@ -834,6 +855,11 @@ mod tests {
         // leaves the interface ten buffers later.
         sim.interface.frame_offset -= (10 * PERIOD) as f64;
         sim.next_wake = sim.interface.wake(sim.next_frame);
+        // The first late callback may be coasted through (it could be a stall about to be
+        // caught up); the next one, a buffer later and still late, restarts the loop.
+        sim.callback();
+        sim.callback();
+        assert_eq!(sim.clock.generation(), 2);
         check_tracking(&mut sim, 10.0, CONVERGENCE_SECONDS);
         assert_eq!(sim.clock.generation(), 2);
         // Device restart: the counter starts from 0 again.
@@ -856,12 +882,29 @@ mod tests {
         // stop, so the missed buffers then run back to back, 1 µs apart, until caught up.
         sim.next_wake += 60_000_000;
         sim.interface.last_wake = sim.next_wake;
-        let worst = check_tracking(&mut sim, 10.0, 0.0);
+        let worst = check_tracking(&mut sim, 0.15, 0.0);
+        assert_eq!(sim.clock.generation(), 1);
+        // A second stall 150 ms later is coasted through the same way.
+        sim.next_wake += 30_000_000;
+        sim.interface.last_wake = sim.next_wake;
+        let worst = worst.max(check_tracking(&mut sim, 10.0, 0.0));
         assert_eq!(sim.clock.generation(), 1);
         eprintln!(
-            "after a 60 ms stall and catch-up: worst {:.1} µs",
+            "after two stalls and catch-ups: worst {:.1} µs",
             worst / 1e3
         );
+    }
+
+    #[test]
+    fn a_lasting_shift_below_the_reset_threshold_is_followed() {
+        let mut sim = Sim::new(0.0, 46, 0);
+        check_tracking(&mut sim, 10.0, CONVERGENCE_SECONDS);
+        // From now on every buffer leaves the interface 8 ms later (1.5 buffers): not a stall
+        // that is caught up, so the loop must follow it rather than coast.
+        sim.interface.frame_offset -= 1.5 * PERIOD as f64;
+        sim.next_wake = sim.interface.wake(sim.next_frame);
+        check_tracking(&mut sim, 10.0, CONVERGENCE_SECONDS);
+        assert_eq!(sim.clock.generation(), 1);
     }
 
     #[test]
