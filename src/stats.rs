@@ -1,22 +1,26 @@
 //! Measurements: real-time threads push raw nanosecond samples into lock-free SPSC rings
 //! (never blocking, counting what a full ring drops); a normal-priority stats thread drains
-//! them into HDR histograms; reports are made from the histograms.
+//! them into HDR histograms per metric, per song and per MIDI output; reports are made from
+//! the histograms. Device losses and returns, which happen on normal threads, go to a
+//! process-wide event list ([`device_event`]).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hdrhistogram::Histogram;
 
 /// What a sample measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Metric {
-    /// Audio callback: |time since the previous callback − nominal period|.
+    /// Audio callback: time since the previous callback − nominal period (negative = early).
     AudioIntervalError,
     /// Audio callback: time spent rendering.
     AudioBusy,
+    /// Audio callback: time spent rendering ÷ the callback's period, in parts per million.
+    AudioDuty,
     /// Beat clock: completion of the write − deadline.
     ClockLateness,
     /// MIDI-file events: completion of the write − deadline.
@@ -27,9 +31,10 @@ pub enum Metric {
 
 impl Metric {
     /// All metrics, in report order.
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 5] = [
         Metric::AudioIntervalError,
         Metric::AudioBusy,
+        Metric::AudioDuty,
         Metric::ClockLateness,
         Metric::MidiEventLateness,
     ];
@@ -37,11 +42,52 @@ impl Metric {
     /// How the report names it.
     pub fn label(self) -> &'static str {
         match self {
-            Metric::AudioIntervalError => "audio callback |interval - period|",
+            Metric::AudioIntervalError => "audio callback interval - period",
             Metric::AudioBusy => "audio callback time",
+            Metric::AudioDuty => "audio callback duty (% of period)",
             Metric::ClockLateness => "beat clock lateness",
             Metric::MidiEventLateness => "MIDI file event lateness",
             Metric::Xrun => "xrun",
+        }
+    }
+
+    /// The unit of its values: nanoseconds, or parts per million for the duty.
+    pub fn unit(self) -> Unit {
+        match self {
+            Metric::AudioDuty => Unit::Ppm,
+            _ => Unit::Ns,
+        }
+    }
+
+    /// Whether it is measured per MIDI output as well as overall.
+    pub fn is_per_output(self) -> bool {
+        matches!(self, Metric::ClockLateness | Metric::MidiEventLateness)
+    }
+}
+
+/// The unit of a metric's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// Nanoseconds (shown in µs).
+    Ns,
+    /// Parts per million (shown in %).
+    Ppm,
+}
+
+impl Unit {
+    /// The suffix of the JSON report's keys (`p99_ns`, `p99_ppm`).
+    pub fn key_suffix(self) -> &'static str {
+        match self {
+            Unit::Ns => "ns",
+            Unit::Ppm => "ppm",
+        }
+    }
+
+    /// A value in the unit tables show (µs, %).
+    pub fn display(self, value: i64) -> f64 {
+        match self {
+            Unit::Ns => value as f64 / 1000.0,
+            Unit::Ppm => value as f64 / 10_000.0,
         }
     }
 }
@@ -51,10 +97,12 @@ impl Metric {
 pub struct Sample {
     /// What it measures.
     pub metric: Metric,
-    /// Value in nanoseconds (may be negative, e.g. an early callback).
+    /// Value in nanoseconds (or ppm, see [`Metric::unit`]); may be negative (an early callback).
     pub value_ns: i64,
     /// Setlist position + 1 of the song playing when it was taken (0 = none).
     pub song: u32,
+    /// MIDI output it was taken on: its position in `midi.outputs` + 1 (0 = not an output's).
+    pub output: u16,
 }
 
 /// The real-time side: push samples without ever blocking.
@@ -68,10 +116,18 @@ impl SampleSender {
     /// Records a sample; when the ring is full the sample is dropped and counted. RT-safe.
     #[inline]
     pub fn send(&mut self, metric: Metric, value_ns: i64) {
+        self.send_for_output(metric, 0, value_ns);
+    }
+
+    /// Records a sample taken on one MIDI output (`output`: position in `midi.outputs` + 1).
+    /// RT-safe.
+    #[inline]
+    pub fn send_for_output(&mut self, metric: Metric, output: u16, value_ns: i64) {
         let sample = Sample {
             metric,
             value_ns,
             song: self.song,
+            output,
         };
         if self.ring.push(sample).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -81,11 +137,96 @@ impl SampleSender {
     /// Tags the following samples with a song (setlist position + 1; 0 = none). RT-safe.
     #[inline]
     pub fn set_song(&mut self, song: u32) {
-        self.song = song;
+        if self.song != song {
+            self.song = song;
+            DEVICE_LOG.set_song(song);
+        }
     }
 }
 
-/// Percentiles of one metric, in nanoseconds.
+/// A device that went away or came back, for the rehearsal report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceEvent {
+    /// When it happened.
+    pub time: SystemTime,
+    /// Which device: `audio` or `MIDI output <name>`.
+    pub device: String,
+    /// Lost (true) or back (false).
+    pub lost: bool,
+    /// The song playing then (setlist position + 1; 0 = none).
+    pub song: u32,
+    /// What the log said: the error, or how long the outage was.
+    pub detail: String,
+}
+
+/// Device events kept (a flapping device cannot grow the list without bound).
+pub const MAX_DEVICE_EVENTS: usize = 1000;
+
+/// Devices lost and back, each tagged with the song playing then.
+pub struct DeviceLog {
+    events: Mutex<Vec<DeviceEvent>>,
+    /// Setlist position + 1 of the song the real-time threads last said was playing.
+    current_song: AtomicU32,
+}
+
+impl Default for DeviceLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeviceLog {
+    /// An empty log.
+    pub const fn new() -> DeviceLog {
+        DeviceLog {
+            events: Mutex::new(Vec::new()),
+            current_song: AtomicU32::new(0),
+        }
+    }
+
+    /// Notes the song playing now (setlist position + 1; 0 = none). RT-safe: one store.
+    #[inline]
+    pub fn set_song(&self, song: u32) {
+        self.current_song.store(song, Ordering::Relaxed);
+    }
+
+    /// Notes a device lost (`lost`) or back, with the song playing now. Locks and allocates:
+    /// normal-priority threads only. The first [`MAX_DEVICE_EVENTS`] are kept.
+    pub fn record(&self, device: &str, lost: bool, detail: &str) {
+        if let Ok(mut events) = self.events.lock() {
+            if events.len() < MAX_DEVICE_EVENTS {
+                events.push(DeviceEvent {
+                    time: SystemTime::now(),
+                    device: device.to_string(),
+                    lost,
+                    song: self.current_song.load(Ordering::Relaxed),
+                    detail: detail.to_string(),
+                });
+            }
+        }
+    }
+
+    /// The events so far, oldest first.
+    pub fn events(&self) -> Vec<DeviceEvent> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+/// The process's device log: losses are process-wide facts, noted by whichever thread sees
+/// them (the audio reconnect thread, the MIDI connectors), like `rt::report`'s RT states.
+static DEVICE_LOG: DeviceLog = DeviceLog::new();
+
+/// Notes a device lost (`lost`) or back in the process's log (normal threads only).
+pub fn device_event(device: &str, lost: bool, detail: &str) {
+    DEVICE_LOG.record(device, lost, detail);
+}
+
+/// The process's device events so far, oldest first.
+pub fn device_events() -> Vec<DeviceEvent> {
+    DEVICE_LOG.events()
+}
+
+/// Percentiles of one metric, in nanoseconds (or ppm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Summary {
     /// Samples recorded.
@@ -102,59 +243,128 @@ pub struct Summary {
     pub max: i64,
 }
 
-/// Largest value tracked: 10 s (anything bigger is clamped).
+/// Largest magnitude tracked: 10 s (anything bigger is clamped).
 const HIGHEST_NS: u64 = 10_000_000_000;
 
-/// One metric's histogram. Values are nanoseconds with 3 significant figures; negative
-/// values (an early wake-up) count as 0 in the percentiles, and the true minimum is kept.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_NS, 3).expect("constant histogram bounds are valid")
+}
+
+/// The `rank`-th smallest value (1-based) of `h`, as its bucket's highest equivalent value
+/// (what `value_at_quantile` returns).
+fn nth_value(h: &Histogram<u64>, rank: u64) -> u64 {
+    let mut seen = 0;
+    for bucket in h.iter_recorded() {
+        seen += bucket.count_at_value();
+        if seen >= rank {
+            return bucket.value_iterated_to();
+        }
+    }
+    h.max()
+}
+
+/// One metric's histogram. Values keep 3 significant figures (0.1 %); negative values (an
+/// early callback) go to a second histogram of magnitudes, made on the first one, so the
+/// percentiles of a signed metric are true percentiles. The exact minimum is kept.
 #[derive(Clone)]
 pub struct MetricHistogram {
-    histogram: Histogram<u64>,
+    /// Values ≥ 0, stored as value + 1 (hdrhistogram's lowest trackable value is 1).
+    non_negative: Histogram<u64>,
+    /// Magnitudes of values < 0.
+    negative: Option<Histogram<u64>>,
     min: i64,
 }
 
 impl Default for MetricHistogram {
     fn default() -> Self {
         MetricHistogram {
-            histogram: Histogram::new_with_bounds(1, HIGHEST_NS, 3)
-                .expect("constant histogram bounds are valid"),
+            non_negative: new_histogram(),
+            negative: None,
             min: i64::MAX,
         }
     }
 }
 
 impl MetricHistogram {
-    /// Adds a value in ns.
+    /// Adds a value.
     pub fn record(&mut self, value_ns: i64) {
         self.min = self.min.min(value_ns);
-        let value = value_ns.clamp(0, HIGHEST_NS as i64) as u64;
-        // hdrhistogram's lowest trackable value is 1: store v + 1.
-        self.histogram.saturating_record(value + 1);
+        if value_ns >= 0 {
+            let value = (value_ns as u64).min(HIGHEST_NS);
+            self.non_negative.saturating_record(value + 1);
+        } else {
+            let magnitude = value_ns.unsigned_abs().min(HIGHEST_NS);
+            self.negative
+                .get_or_insert_with(new_histogram)
+                .saturating_record(magnitude);
+        }
+    }
+
+    /// Samples recorded.
+    pub fn len(&self) -> u64 {
+        self.non_negative.len() + self.negative.as_ref().map_or(0, Histogram::len)
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `rank`-th smallest value (1-based, at most `len()`).
+    fn value_at_rank(&self, rank: u64) -> i64 {
+        let below = self.negative.as_ref().map_or(0, Histogram::len);
+        match &self.negative {
+            // The k-th smallest of the negatives is the (below − k + 1)-th smallest magnitude.
+            Some(negative) if rank <= below => -(nth_value(negative, below - rank + 1) as i64),
+            _ => nth_value(&self.non_negative, rank - below) as i64 - 1,
+        }
+    }
+
+    /// The value at quantile `q` (0..=1): the smallest value with at least q × count samples
+    /// at or below it, as hdrhistogram computes it.
+    pub fn value_at_quantile(&self, q: f64) -> i64 {
+        let count = self.len();
+        if count == 0 {
+            return 0;
+        }
+        let exact = q.clamp(0.0, 1.0) * count as f64;
+        // Guard against 0.99 × 100 = 99.000000000001.
+        let rank = (exact - exact * 1e-12).ceil().max(1.0) as u64;
+        self.value_at_rank(rank.min(count))
     }
 
     /// Count, min, p50, p99, p99.9, max.
     pub fn summary(&self) -> Summary {
-        let h = &self.histogram;
-        if h.is_empty() {
+        let count = self.len();
+        if count == 0 {
             return Summary::default();
         }
-        let at = |q: f64| h.value_at_quantile(q) as i64 - 1;
         Summary {
-            count: h.len(),
+            count,
             min: self.min,
-            p50: at(0.5),
-            p99: at(0.99),
-            p999: at(0.999),
-            max: h.max() as i64 - 1,
+            p50: self.value_at_quantile(0.5),
+            p99: self.value_at_quantile(0.99),
+            p999: self.value_at_quantile(0.999),
+            max: self.value_at_rank(count),
         }
     }
 
-    /// Non-empty buckets as (value ns, count), for JSON reports and plots.
+    /// Non-empty buckets as (value, count) in ascending order of value, for JSON reports and
+    /// plots. A bucket's value is its farthest-from-zero value.
     pub fn buckets(&self) -> Vec<(i64, u64)> {
-        self.histogram
-            .iter_recorded()
-            .map(|v| (v.value_iterated_to() as i64 - 1, v.count_at_value()))
-            .collect()
+        let mut buckets: Vec<(i64, u64)> = self
+            .negative
+            .iter()
+            .flat_map(|h| h.iter_recorded())
+            .map(|v| (-(v.value_iterated_to() as i64), v.count_at_value()))
+            .collect();
+        buckets.reverse();
+        buckets.extend(
+            self.non_negative
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to() as i64 - 1, v.count_at_value())),
+        );
+        buckets
     }
 }
 
@@ -165,6 +375,9 @@ pub struct Figures {
     pub metrics: Vec<(Metric, MetricHistogram)>,
     /// One histogram per (song tag, metric).
     pub per_song: Vec<((u32, Metric), MetricHistogram)>,
+    /// One histogram per (MIDI output tag, metric), over the whole run, for the metrics
+    /// measured per output.
+    pub per_output: Vec<((u16, Metric), MetricHistogram)>,
     /// Samples dropped because a ring was full.
     pub dropped: u64,
     /// Xruns as they happened: (wall-clock time, song tag, song position in frames), the
@@ -215,6 +428,22 @@ impl Figures {
             .map(|(_, h)| h)
     }
 
+    /// The histogram of `metric` on the MIDI output tagged `output`.
+    pub fn get_output(&self, output: u16, metric: Metric) -> Option<&MetricHistogram> {
+        self.per_output
+            .iter()
+            .find(|(key, _)| *key == (output, metric))
+            .map(|(_, h)| h)
+    }
+
+    /// MIDI output tags that have samples, in order.
+    pub fn outputs(&self) -> Vec<u16> {
+        let mut outputs: Vec<u16> = self.per_output.iter().map(|((o, _), _)| *o).collect();
+        outputs.sort_unstable();
+        outputs.dedup();
+        outputs
+    }
+
     /// Song tags that have samples, in order.
     pub fn songs(&self) -> Vec<u32> {
         let mut songs: Vec<u32> = self.per_song.iter().map(|((song, _), _)| *song).collect();
@@ -253,6 +482,13 @@ impl Figures {
             record_into(
                 &mut self.per_song,
                 (sample.song, sample.metric),
+                sample.value_ns,
+            );
+        }
+        if sample.output > 0 {
+            record_into(
+                &mut self.per_output,
+                (sample.output, sample.metric),
                 sample.value_ns,
             );
         }
@@ -369,62 +605,126 @@ pub fn table_header(label: &str) -> String {
     )
 }
 
-/// One row of a timing table, in µs.
-pub fn table_row(label: &str, s: &Summary) -> String {
-    let us = |ns: i64| ns as f64 / 1000.0;
+/// One row of a timing table: µs, or % for the duty.
+pub fn table_row(label: &str, unit: Unit, s: &Summary) -> String {
+    let v = |value: i64| unit.display(value);
+    let precision = match unit {
+        Unit::Ns => 1,
+        Unit::Ppm => 2,
+    };
     format!(
-        "{label:<34} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+        "{label:<34} {:>8} {:>9.p$} {:>9.p$} {:>9.p$} {:>9.p$} {:>9.p$}",
         s.count,
-        us(s.min),
-        us(s.p50),
-        us(s.p99),
-        us(s.p999),
-        us(s.max)
+        v(s.min),
+        v(s.p50),
+        v(s.p99),
+        v(s.p999),
+        v(s.max),
+        p = precision
     )
 }
 
-/// The end-of-run timing report as text: one row per metric, in microseconds.
+/// The label of a per-output row: the output's name under its metric's row.
+pub fn output_label(output: u16, output_names: &[String]) -> String {
+    let name = output_names
+        .get(usize::from(output).saturating_sub(1))
+        .map_or("?", String::as_str);
+    format!("  on `{name}`")
+}
+
+/// Rows for every metric of `get` (one per metric with samples), each followed by a row per
+/// MIDI output when `per_output` gives more than one.
+pub fn metric_rows(
+    get: impl Fn(Metric) -> Option<Summary>,
+    per_output: impl Fn(Metric) -> Vec<(u16, Summary)>,
+    output_names: &[String],
+) -> Vec<String> {
+    let mut rows = Vec::new();
+    for metric in Metric::ALL {
+        let Some(s) = get(metric) else {
+            continue;
+        };
+        rows.push(table_row(metric.label(), metric.unit(), &s));
+        let outputs = per_output(metric);
+        if outputs.len() > 1 {
+            for (output, s) in outputs {
+                rows.push(table_row(
+                    &output_label(output, output_names),
+                    metric.unit(),
+                    &s,
+                ));
+            }
+        }
+    }
+    rows
+}
+
+/// One line per device that went away during the run: how often it was lost and came back.
+pub fn device_lines(events: &[DeviceEvent]) -> Vec<String> {
+    let mut devices: Vec<&str> = Vec::new();
+    for event in events {
+        if !devices.contains(&event.device.as_str()) {
+            devices.push(&event.device);
+        }
+    }
+    devices
+        .iter()
+        .map(|device| {
+            let count = |lost: bool| {
+                events
+                    .iter()
+                    .filter(|e| e.device == *device && e.lost == lost)
+                    .count()
+            };
+            format!("{device}: lost {}×, back {}×", count(true), count(false))
+        })
+        .collect()
+}
+
+/// The end-of-run timing report as text: one row per metric (µs; the duty in %), per MIDI
+/// output when there are several, then xruns, device losses and the verdict.
 pub struct TimingReport<'a> {
     /// The figures.
     pub figures: &'a Figures,
-    /// Nominal audio period in ns (for the duty column).
+    /// Nominal audio period in ns.
     pub period_ns: i64,
     /// Device xruns.
     pub xruns: u64,
+    /// `midi.outputs` names in config order (output tag − 1).
+    pub output_names: &'a [String],
+    /// Devices lost and back during the run.
+    pub device_events: &'a [DeviceEvent],
 }
 
 impl fmt::Display for TimingReport<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let figures = self.figures;
         writeln!(f, "{}", table_header("timing (µs)"))?;
-        for metric in Metric::ALL {
-            let Some(h) = self.figures.get(metric) else {
-                continue;
-            };
-            let s = h.summary();
-            writeln!(f, "{}", table_row(metric.label(), &s))?;
-            if metric == Metric::AudioBusy && self.period_ns > 0 {
-                let pct = |ns: i64| ns as f64 * 100.0 / self.period_ns as f64;
-                writeln!(
-                    f,
-                    "{:<34} {:>8} {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}%",
-                    "audio callback duty (of period)",
-                    s.count,
-                    pct(s.min),
-                    pct(s.p50),
-                    pct(s.p99),
-                    pct(s.p999),
-                    pct(s.max)
-                )?;
-            }
+        let rows = metric_rows(
+            |m| figures.get(m).map(MetricHistogram::summary),
+            |m| {
+                figures
+                    .outputs()
+                    .into_iter()
+                    .filter_map(|o| figures.get_output(o, m).map(|h| (o, h.summary())))
+                    .collect()
+            },
+            self.output_names,
+        );
+        for row in rows {
+            writeln!(f, "{row}")?;
         }
         write!(
             f,
             "xruns {}, samples dropped {} (period {:.2} ms)",
             self.xruns,
-            self.figures.dropped,
+            figures.dropped,
             self.period_ns as f64 / 1e6
         )?;
-        if let Some(clock) = self.figures.get(Metric::ClockLateness) {
+        for line in device_lines(self.device_events) {
+            write!(f, "\n{line}")?;
+        }
+        if let Some(clock) = figures.get(Metric::ClockLateness) {
             write!(f, "\n{}", verdict(clock.summary().p99))?;
         }
         Ok(())
@@ -460,19 +760,68 @@ mod tests {
         for v in 1..=1000 {
             h.record(v * 1000);
         }
-        h.record(-5000);
         let s = h.summary();
-        assert_eq!(s.count, 1001);
-        assert_eq!(s.min, -5000);
-        assert_eq!(
-            h.buckets().first().map(|b| b.0),
-            Some(0),
-            "negative counts as 0"
-        );
+        assert_eq!(s.count, 1000);
+        assert_eq!(s.min, 1000);
         // 3 significant figures: values are exact to 0.1 %.
         assert!((s.p50 - 500_000).abs() <= 500, "{s:?}");
         assert!((s.p99 - 990_000).abs() <= 1000, "{s:?}");
         assert!((s.max - 1_000_000).abs() <= 1000, "{s:?}");
+    }
+
+    #[test]
+    fn negative_values_are_true_percentiles() {
+        let mut h = MetricHistogram::default();
+        // 900 early values, 100 late ones: the median is early.
+        for v in 1..=900 {
+            h.record(-v);
+        }
+        for v in 1..=100 {
+            h.record(v);
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 1000);
+        assert_eq!(s.min, -900);
+        // The 500th smallest of −900…−1, 1…100 is −401.
+        assert_eq!(s.p50, -401);
+        // The 990th is 90, the 999th 99, the last 100.
+        assert_eq!(s.p99, 90);
+        assert_eq!(s.p999, 99);
+        assert_eq!(s.max, 100);
+        let buckets = h.buckets();
+        assert_eq!(buckets.first(), Some(&(-900, 1)));
+        assert_eq!(buckets.last(), Some(&(100, 1)));
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0));
+        // All negative: the maximum is the one closest to zero.
+        let mut early = MetricHistogram::default();
+        early.record(-7);
+        early.record(-3);
+        assert_eq!(early.summary().max, -3);
+        assert_eq!(early.summary().p50, -7);
+        // Extremes are clamped, not a panic.
+        early.record(i64::MIN);
+        early.record(i64::MAX);
+        assert_eq!(early.summary().count, 4);
+    }
+
+    #[test]
+    fn device_events_carry_the_song_playing() {
+        let log = DeviceLog::new();
+        log.record("audio", true, "stream error");
+        log.set_song(3);
+        log.record("audio", false, "after 1.20 s");
+        let events = log.events();
+        assert_eq!(events.len(), 2);
+        assert!(events[0].lost && events[0].song == 0);
+        assert!(!events[1].lost && events[1].song == 3);
+        for _ in 0..MAX_DEVICE_EVENTS {
+            log.record("MIDI output `x`", true, "gone");
+        }
+        assert_eq!(log.events().len(), MAX_DEVICE_EVENTS, "bounded");
+        assert_eq!(
+            device_lines(&events),
+            vec!["audio: lost 1×, back 1×".to_string()]
+        );
     }
 
     #[test]

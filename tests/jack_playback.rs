@@ -340,7 +340,7 @@ fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
     show.tone_song("2", "Second", 660.0, 1.0);
     show.write(
         "backline.yaml",
-        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\nmidi:\n  outputs:\n    - { name: sink, path: /dev/null }\n",
+        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    tone: [1]\nmidi:\n  outputs:\n    - { name: sink, path: /dev/null }\n    - { name: second, path: /dev/null }\n    - { name: unplugged, path: /nonexistent/midi }\n",
     );
     let server = JackServer::start(RATE, PERIOD);
     let report = show.path("report.json");
@@ -371,27 +371,79 @@ fn rehearse_on_jack_reports_every_metric_per_song_as_json() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report written"))
             .expect("valid JSON");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/rehearsal-report.schema.json"
+        ))
+        .expect("schema file"),
+    )
+    .expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "report does not validate: {errors:#?}");
     assert_eq!(json["schema"], "backline-rehearsal");
-    assert_eq!(json["version"], 1);
-    for metric in [
-        "audio_interval_error",
-        "audio_callback_time",
-        "clock_lateness",
-        "midi_event_lateness",
+    assert_eq!(json["version"], 2);
+    for (metric, unit) in [
+        ("audio_interval_error", "ns"),
+        ("audio_callback_time", "ns"),
+        ("audio_callback_duty", "ppm"),
+        ("clock_lateness", "ns"),
+        ("midi_event_lateness", "ns"),
     ] {
         let overall = &json["overall"][metric];
         assert!(
             overall["count"].as_u64().unwrap_or(0) > 0,
             "{metric}: {overall}"
         );
-        for key in ["min_ns", "p50_ns", "p99_ns", "p999_ns", "max_ns"] {
-            assert!(overall[key].is_i64(), "{metric}.{key}");
+        for key in ["min", "p50", "p99", "p999", "max"] {
+            assert!(overall[format!("{key}_{unit}")].is_i64(), "{metric}.{key}");
         }
         assert!(
             overall["buckets"].as_array().is_some_and(|b| !b.is_empty()),
             "{metric} buckets"
         );
     }
+    // The interval error is signed: callbacks come early as well as late.
+    assert!(
+        json["overall"]["audio_interval_error"]["min_ns"]
+            .as_i64()
+            .unwrap_or(0)
+            < 0,
+        "{}",
+        json["overall"]["audio_interval_error"]
+    );
+    // Per output: both connected outputs carry both streams.
+    let outputs = json["outputs"].as_array().expect("outputs");
+    let names: Vec<&str> = outputs.iter().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(names, ["sink", "second"], "{outputs:?}");
+    for output in outputs {
+        for metric in ["clock_lateness", "midi_event_lateness"] {
+            assert!(
+                output["metrics"][metric]["count"].as_u64().unwrap_or(0) > 0,
+                "{output}"
+            );
+        }
+    }
+    assert!(
+        stdout.contains("  on `sink`") && stdout.contains("  on `second`"),
+        "{stdout}"
+    );
+    // The output that is not there is in the device log.
+    let events = json["device_events"].as_array().expect("device events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["device"] == "MIDI output `unplugged`" && e["event"] == "lost"),
+        "{events:?}"
+    );
+    assert!(
+        stdout.contains("MIDI output `unplugged`: lost 1×"),
+        "{stdout}"
+    );
     let first = &json["songs"][0];
     assert_eq!(first["name"], "Clocked");
     assert!(

@@ -188,8 +188,10 @@ pub struct ShowStatus<'a> {
     pub stats: &'a crate::stats::StatsCollector,
     /// Set by the SIGUSR1 handler.
     pub usr1: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    /// Nominal audio period in ns, for the duty figures.
+    /// Nominal audio period in ns.
     pub period_ns: i64,
+    /// `midi.outputs` names in config order, for the per-output rows.
+    pub output_names: Vec<String>,
     last_p99: Instant,
 }
 
@@ -200,12 +202,14 @@ impl<'a> ShowStatus<'a> {
         stats: &'a crate::stats::StatsCollector,
         usr1: std::sync::Arc<std::sync::atomic::AtomicBool>,
         period_ns: i64,
+        output_names: Vec<String>,
     ) -> Self {
         ShowStatus {
             line,
             stats,
             usr1,
             period_ns,
+            output_names,
             last_p99: Instant::now(),
         }
     }
@@ -215,10 +219,13 @@ impl StatusSink for ShowStatus<'_> {
     fn update(&mut self, status: &StatusSnapshot) {
         if self.usr1.swap(false, std::sync::atomic::Ordering::Relaxed) {
             let figures = self.stats.figures();
+            let device_events = crate::stats::device_events();
             let report = crate::stats::TimingReport {
                 figures: &figures,
                 period_ns: self.period_ns,
                 xruns: status.xruns,
+                output_names: &self.output_names,
+                device_events: &device_events,
             };
             tracing::info!(
                 "figures at {} {}/{}:",

@@ -430,6 +430,13 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         }
     };
     let song_names: Vec<String> = setlist.songs.iter().map(|s| s.name.clone()).collect();
+    let output_names: Vec<String> = show
+        .config
+        .midi
+        .outputs
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
     let setlist_name = setlist.name.clone();
 
     let device = options
@@ -753,7 +760,13 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         }
         console::spawn_key_reader(request_tx);
         let mut sink = service.sink(
-            ShowStatus::new(Some(StatusLine::new(role)), &stats, usr1, period_ns),
+            ShowStatus::new(
+                Some(StatusLine::new(role)),
+                &stats,
+                usr1,
+                period_ns,
+                output_names.clone(),
+            ),
             &stats,
         );
         let summary = player.run(&request_rx, &quit, false, &mut sink);
@@ -761,7 +774,10 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         summary
     } else {
         drop(request_tx);
-        let mut sink = service.sink(ShowStatus::new(None, &stats, usr1, period_ns), &stats);
+        let mut sink = service.sink(
+            ShowStatus::new(None, &stats, usr1, period_ns, output_names.clone()),
+            &stats,
+        );
         player.run(&request_rx, &quit, true, &mut sink)
     };
     service.stopping();
@@ -803,15 +819,18 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         summary.started, summary.finished, summary.skipped,
     );
     let figures = stats.finish();
+    let device_events = crate::stats::device_events();
     let report = TimingReport {
         figures: &figures,
         period_ns,
         xruns,
+        output_names: &output_names,
+        device_events: &device_events,
     };
     if options.rehearsal {
         print!(
             "{}",
-            super::report::per_song_table(&figures, &song_names, rate)
+            super::report::per_song_table(&figures, &song_names, rate, &device_events)
         );
         println!("== overall");
     }
@@ -837,6 +856,8 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         let facts = super::report::RunFacts {
             setlist: &setlist_name,
             song_names: &song_names,
+            output_names: &output_names,
+            device_events: &device_events,
             device: &opened.description,
             period_ns,
             xruns,

@@ -220,10 +220,12 @@ impl AudioCallback {
             timings.set_song(self.status.song_tag.load(Ordering::Relaxed));
             if self.last_start_ns != 0 {
                 let interval = start.saturating_sub(self.last_start_ns) as i64;
-                timings.send(Metric::AudioIntervalError, (interval - period_ns).abs());
+                timings.send(Metric::AudioIntervalError, interval - period_ns);
+                let busy = monotonic_ns().saturating_sub(start) as i64;
+                timings.send(Metric::AudioBusy, busy);
                 timings.send(
-                    Metric::AudioBusy,
-                    monotonic_ns().saturating_sub(start) as i64,
+                    Metric::AudioDuty,
+                    busy.saturating_mul(1_000_000) / period_ns.max(1),
                 );
             }
         }

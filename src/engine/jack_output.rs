@@ -212,6 +212,8 @@ struct Destination {
     own: String,
     to: String,
     connected: bool,
+    /// Was connected once and lost it (the device log notes the return).
+    was_lost: bool,
     next_try: Instant,
     backoff: Duration,
     /// The last connect error, so a repeated one is not logged again.
@@ -224,10 +226,29 @@ impl Destination {
             own: own.to_string(),
             to: to.to_string(),
             connected: false,
+            was_lost: false,
             next_try: Instant::now(),
             backoff: super::reconnect::FIRST_RETRY,
             last_error: None,
         }
+    }
+
+    /// Notes a connection made (by us or by someone else): logged, and in the device log
+    /// when it ends a loss.
+    fn now_connected(&mut self) {
+        tracing::info!("JACK MIDI: {} connected to {}", self.own, self.to);
+        if self.was_lost {
+            crate::stats::device_event(&self.device(), false, "connected again");
+            self.was_lost = false;
+        }
+        self.connected = true;
+        self.backoff = super::reconnect::FIRST_RETRY;
+        self.last_error = None;
+    }
+
+    /// How the device log names this connection.
+    fn device(&self) -> String {
+        format!("JACK MIDI {} → {}", self.own, self.to)
     }
 
     /// Connects if the destination is there and not connected; logs changes once.
@@ -238,11 +259,8 @@ impl Destination {
             .unwrap_or(false);
         if connected {
             if !self.connected {
-                tracing::info!("JACK MIDI: {} connected to {}", self.own, self.to);
+                self.now_connected();
             }
-            self.connected = true;
-            self.backoff = super::reconnect::FIRST_RETRY;
-            self.last_error = None;
             return;
         }
         if self.connected {
@@ -251,7 +269,9 @@ impl Destination {
                 self.own,
                 self.to
             );
+            crate::stats::device_event(&self.device(), true, "its program quit?");
             self.connected = false;
+            self.was_lost = true;
             self.next_try = now;
         }
         // Only knock once the port exists (a lookup in the client's copy of the graph).
@@ -259,12 +279,7 @@ impl Destination {
             return;
         }
         match client.connect_ports_by_name(&self.own, &self.to) {
-            Ok(()) => {
-                tracing::info!("JACK MIDI: {} connected to {}", self.own, self.to);
-                self.connected = true;
-                self.backoff = super::reconnect::FIRST_RETRY;
-                self.last_error = None;
-            }
+            Ok(()) => self.now_connected(),
             Err(e) => {
                 let e = e.to_string();
                 if self.last_error.as_deref() != Some(e.as_str()) {

@@ -179,6 +179,7 @@ fn watch(
         }
         let lost_at = Instant::now();
         status.device_lost.store(true, Ordering::Release);
+        crate::stats::device_event(&format!("audio {}", settings.device), true, "stream lost");
         error!(
             "audio device lost: {}; retrying (after {:.2} s, backing off to {} s)",
             settings.device,
@@ -247,6 +248,15 @@ fn watch(
         let outage = lost_at.elapsed();
         status.device_lost.store(false, Ordering::Release);
         status.reconnects.fetch_add(1, Ordering::AcqRel);
+        crate::stats::device_event(
+            &format!("audio {}", settings.device),
+            false,
+            &format!(
+                "after {:.2} s ({attempts} attempt{})",
+                outage.as_secs_f64(),
+                if attempts == 1 { "" } else { "s" }
+            ),
+        );
         info!(
             "audio device back: {} after {:.2} s ({attempts} attempt{}); {}",
             settings.device,

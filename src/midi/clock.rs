@@ -247,17 +247,8 @@ impl Clock {
             if is_tick {
                 self.send_tick(deadline);
             } else {
-                self.send_event();
+                self.send_event(deadline);
             }
-            let lateness = monotonic_ns() as i64 - deadline as i64;
-            self.stats.send(
-                if is_tick {
-                    Metric::ClockLateness
-                } else {
-                    Metric::MidiEventLateness
-                },
-                lateness,
-            );
         }
     }
 
@@ -510,7 +501,7 @@ impl Clock {
         let Some(playing) = self.playing.as_mut() else {
             if let Some(free) = self.free.as_mut() {
                 free.sent += 1;
-                self.write_clock(&[TIMING_CLOCK]);
+                self.write_due(Stream::Clock, &[TIMING_CLOCK], deadline);
             }
             return;
         };
@@ -526,13 +517,13 @@ impl Clock {
         playing.direct.next_tick += 1;
         playing.direct.last_tick = Some((deadline, bpm));
         if first {
-            self.write_clock(&[START, TIMING_CLOCK]);
+            self.write_due(Stream::Clock, &[START, TIMING_CLOCK], deadline);
         } else {
-            self.write_clock(&[TIMING_CLOCK]);
+            self.write_due(Stream::Clock, &[TIMING_CLOCK], deadline);
         }
     }
 
-    fn send_event(&mut self) {
+    fn send_event(&mut self, deadline: u64) {
         let Some(playing) = self.playing.as_mut() else {
             return;
         };
@@ -545,8 +536,27 @@ impl Clock {
             return;
         };
         playing.direct.next_event += 1;
-        for output in self.outputs.iter().filter(|o| o.midi_file) {
-            output.write(&event.bytes[..usize::from(event.len)]);
+        self.write_due(
+            Stream::File,
+            &event.bytes[..usize::from(event.len)],
+            deadline,
+        );
+    }
+
+    /// Writes `bytes` to every descriptor output carrying `stream` and records the lateness
+    /// of each one that took them: completion of its own write − `deadline`, so a slow
+    /// device shows under its own name.
+    fn write_due(&mut self, stream: Stream, bytes: &[u8], deadline: u64) {
+        let metric = match stream {
+            Stream::Clock => Metric::ClockLateness,
+            Stream::File => Metric::MidiEventLateness,
+        };
+        for output in self.outputs.iter().filter(|o| o.carries(stream)) {
+            // A missing output sends nothing, so it has no lateness to report.
+            if output.write(bytes) {
+                let lateness = monotonic_ns() as i64 - deadline as i64;
+                self.stats.send_for_output(metric, output.tag, lateness);
+            }
         }
     }
 
@@ -558,11 +568,7 @@ impl Clock {
 
     /// Sends at once on both lanes (JACK: at the start of the next cycle).
     fn write_now(&mut self, stream: Stream, bytes: &[u8]) {
-        let wanted = |o: &OutputSlot| match stream {
-            Stream::Clock => o.clock,
-            Stream::File => o.midi_file,
-        };
-        for output in self.outputs.iter().filter(|o| wanted(o)) {
+        for output in self.outputs.iter().filter(|o| o.carries(stream)) {
             output.write(bytes);
         }
         for feed in self.jack.iter_mut().filter(|f| f.carries(stream)) {

@@ -145,6 +145,8 @@ pub struct JackMidiQueue {
     /// A message this many frames late is stale (an audio outage): ticks and note-ons are
     /// dropped rather than sent in a burst; anything that ends a note still goes.
     stale_frames: i64,
+    /// The output's tag in the stats: position in `midi.outputs` + 1 (0 = untagged).
+    output_tag: u16,
 }
 
 /// How late a queued message may be before it is stale, in seconds.
@@ -183,11 +185,18 @@ pub fn queue(config: &MidiOutputConfig, sample_rate: u32) -> (JackMidiFeed, Jack
             generation,
             counters,
             stale_frames: (STALE_SECONDS * f64::from(sample_rate)) as i64,
+            output_tag: 0,
         },
     )
 }
 
 impl JackMidiQueue {
+    /// Tags the lateness this output reports with its position in `midi.outputs` + 1.
+    pub fn with_output_tag(mut self, tag: u16) -> Self {
+        self.output_tag = tag;
+        self
+    }
+
     /// Hands every message due before the end of the cycle `first_frame..first_frame +
     /// frames` to `write(offset, bytes)`, in order, at offset `frame − first_frame` (0 when
     /// late; never before a message already written this cycle). `late(stream, frames)` is
@@ -264,12 +273,13 @@ impl CycleHook for JackMidiSink {
         for (port, queue) in ports.iter_mut() {
             // Clears the port buffer: a cycle with nothing due sends nothing.
             let mut writer = port.writer(scope);
+            let output = queue.output_tag;
             queue.drain_cycle(
                 first_frame,
                 scope.n_frames(),
                 |time, bytes| writer.write(&jack::RawMidi { time, bytes }).is_ok(),
                 |stream, bytes, behind| {
-                    record_lateness(stats, *ns_per_frame, stream, bytes, behind)
+                    record_lateness(stats, output, *ns_per_frame, stream, bytes, behind)
                 },
             );
         }
@@ -308,6 +318,7 @@ impl CycleHook for JackMidiSink {
 /// Timing Clock (not for Start, which shares its frame) and per MIDI-file message.
 fn record_lateness(
     stats: &mut SampleSender,
+    output: u16,
     ns_per_frame: f64,
     stream: Stream,
     bytes: &[u8],
@@ -316,10 +327,10 @@ fn record_lateness(
     let value = (behind as f64 * ns_per_frame) as i64;
     match stream {
         Stream::Clock if bytes.first() == Some(&super::clock::TIMING_CLOCK) => {
-            stats.send(Metric::ClockLateness, value);
+            stats.send_for_output(Metric::ClockLateness, output, value);
         }
         Stream::Clock => {}
-        Stream::File => stats.send(Metric::MidiEventLateness, value),
+        Stream::File => stats.send_for_output(Metric::MidiEventLateness, output, value),
     }
 }
 
@@ -361,10 +372,11 @@ pub fn register(
     let mut connections = Vec::new();
     let mut counters = Vec::new();
     let mut plans = Vec::new();
-    for config in configs {
+    for (index, config) in configs.iter().enumerate() {
         let MidiTarget::Jack(spec) = &config.target else {
             continue;
         };
+        let tag = u16::try_from(index + 1).unwrap_or(u16::MAX);
         let (port_name, destination) = port_plan(spec, &config.name, own_client);
         let port = match client.register_port(&port_name, jack::MidiOut) {
             Ok(port) => port,
@@ -388,6 +400,7 @@ pub fn register(
             connections.push((full_name, to));
         }
         let (feed, queue) = queue(config, sample_rate);
+        let queue = queue.with_output_tag(tag);
         counters.push((config.name.clone(), feed.counters().clone()));
         feeds.push(feed);
         ports.push((port, queue));

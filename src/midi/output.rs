@@ -28,6 +28,8 @@ const CLOSE_GRACE: Duration = Duration::from_millis(20);
 pub struct OutputSlot {
     /// Name from the config.
     pub name: String,
+    /// Position in `midi.outputs` + 1: the output's tag in the stats.
+    pub tag: u16,
     /// Open descriptor, or -1 while the device is missing.
     fd: AtomicI32,
     /// Set by the writer when a write fails for good (device gone, reader closed the FIFO).
@@ -43,14 +45,15 @@ pub struct OutputSlot {
 }
 
 impl OutputSlot {
-    /// Writes `bytes` now. Real-time safe: one non-blocking `write(2)`, no allocation.
+    /// Writes `bytes` now; true when they went out (the output is there and took at least a
+    /// byte). Real-time safe: one non-blocking `write(2)`, no allocation.
     #[inline]
-    pub fn write(&self, bytes: &[u8]) {
+    pub fn write(&self, bytes: &[u8]) -> bool {
         let fd = self.fd.load(Ordering::Acquire);
         if fd < 0 {
             self.dropped
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            return;
+            return false;
         }
         // SAFETY: fd is an open descriptor owned by this slot (the connector only closes it
         // after swapping it out); bytes is a valid buffer of bytes.len() bytes.
@@ -62,9 +65,21 @@ impl OutputSlot {
             }
             self.dropped
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        } else if (written as usize) < bytes.len() {
-            self.dropped
-                .fetch_add((bytes.len() - written as usize) as u64, Ordering::Relaxed);
+            false
+        } else {
+            if (written as usize) < bytes.len() {
+                self.dropped
+                    .fetch_add((bytes.len() - written as usize) as u64, Ordering::Relaxed);
+            }
+            written > 0
+        }
+    }
+
+    /// Whether this output carries `stream`.
+    pub fn carries(&self, stream: super::jack::Stream) -> bool {
+        match stream {
+            super::jack::Stream::Clock => self.clock,
+            super::jack::Stream::File => self.midi_file,
         }
     }
 
@@ -88,7 +103,7 @@ impl Outputs {
     pub fn open(configs: &[MidiOutputConfig], rt_settings: RtSettings) -> Outputs {
         let mut slots = Vec::new();
         let mut openers: Vec<(Arc<OutputSlot>, String, Opener)> = Vec::new();
-        for config in configs {
+        for (index, config) in configs.iter().enumerate() {
             if matches!(config.target, MidiTarget::Jack(_)) {
                 // A port on the JACK output's own client: see `midi::jack`.
                 continue;
@@ -96,6 +111,7 @@ impl Outputs {
             let offset_ns = (config.offset_ms * 1e6) as i64;
             let slot = Arc::new(OutputSlot {
                 name: config.name.clone(),
+                tag: u16::try_from(index + 1).unwrap_or(u16::MAX),
                 fd: AtomicI32::new(-1),
                 lost: AtomicBool::new(false),
                 dropped: AtomicU64::new(0),
@@ -139,10 +155,17 @@ impl Outputs {
                             slot.fd.store(fd, Ordering::Release);
                             tracing::info!("MIDI output `{}`: {what}", config.name);
                         }
-                        Err(e) => tracing::warn!(
-                            "MIDI output `{}` ({what}) is not available: {e}; the show plays without it and it is retried in the background",
-                            config.name
-                        ),
+                        Err(e) => {
+                            tracing::warn!(
+                                "MIDI output `{}` ({what}) is not available: {e}; the show plays without it and it is retried in the background",
+                                config.name
+                            );
+                            crate::stats::device_event(
+                                &format!("MIDI output `{}`", config.name),
+                                true,
+                                &format!("not available at start: {e}"),
+                            );
+                        }
                     }
                     openers.push((slot.clone(), what, opener));
                 }
@@ -189,6 +212,7 @@ fn reconnect_loop(openers: &[(Arc<OutputSlot>, String, Opener)], stop: &AtomicBo
                     unsafe { libc::close(fd) };
                 }
                 tracing::warn!("MIDI output `{}` lost ({what}); retrying", slot.name);
+                crate::stats::device_event(&format!("MIDI output `{}`", slot.name), true, what);
                 waits[index] = RETRY_MIN;
                 next_try[index] = std::time::Instant::now() + RETRY_MIN;
             }
@@ -200,6 +224,11 @@ fn reconnect_loop(openers: &[(Arc<OutputSlot>, String, Opener)], stop: &AtomicBo
                     slot.fd.store(fd, Ordering::Release);
                     waits[index] = RETRY_MIN;
                     tracing::info!("MIDI output `{}` connected ({what})", slot.name);
+                    crate::stats::device_event(
+                        &format!("MIDI output `{}`", slot.name),
+                        false,
+                        what,
+                    );
                 }
                 Err(_) => {
                     next_try[index] = std::time::Instant::now() + waits[index];
