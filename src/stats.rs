@@ -110,6 +110,8 @@ pub struct SampleSender {
     ring: rtrb::Producer<Sample>,
     dropped: Arc<AtomicU64>,
     song: u32,
+    /// Whether its song tag is the one device events get (the audio callback's sender).
+    tags_device_events: bool,
 }
 
 impl SampleSender {
@@ -139,8 +141,18 @@ impl SampleSender {
     pub fn set_song(&mut self, song: u32) {
         if self.song != song {
             self.song = song;
-            DEVICE_LOG.set_song(song);
+            if self.tags_device_events {
+                DEVICE_LOG.set_song(song);
+            }
         }
+    }
+
+    /// Makes this sender's song tag the one device events are tagged with. Meant for the
+    /// audio callback's sender, which follows the transport (the clock's goes to 0 at a
+    /// pause).
+    pub fn tag_device_events(mut self) -> SampleSender {
+        self.tags_device_events = true;
+        self
     }
 }
 
@@ -149,7 +161,7 @@ impl SampleSender {
 pub struct DeviceEvent {
     /// When it happened.
     pub time: SystemTime,
-    /// Which device: `audio` or `MIDI output <name>`.
+    /// Which device: `audio <device>`, ``MIDI output `<name>` `` or `JACK MIDI <port> → <port>`.
     pub device: String,
     /// Lost (true) or back (false).
     pub lost: bool,
@@ -265,7 +277,9 @@ fn nth_value(h: &Histogram<u64>, rank: u64) -> u64 {
 
 /// One metric's histogram. Values keep 3 significant figures (0.1 %); negative values (an
 /// early callback) go to a second histogram of magnitudes, made on the first one, so the
-/// percentiles of a signed metric are true percentiles. The exact minimum is kept.
+/// percentiles of a signed metric are true percentiles. A percentile is the upper edge of its
+/// bucket (as hdrhistogram reports), kept within the exact minimum and maximum, which are
+/// tracked too. Values are clamped to ±10 s.
 #[derive(Clone)]
 pub struct MetricHistogram {
     /// Values ≥ 0, stored as value + 1 (hdrhistogram's lowest trackable value is 1).
@@ -273,6 +287,7 @@ pub struct MetricHistogram {
     /// Magnitudes of values < 0.
     negative: Option<Histogram<u64>>,
     min: i64,
+    max: i64,
 }
 
 impl Default for MetricHistogram {
@@ -281,6 +296,7 @@ impl Default for MetricHistogram {
             non_negative: new_histogram(),
             negative: None,
             min: i64::MAX,
+            max: i64::MIN,
         }
     }
 }
@@ -288,7 +304,9 @@ impl Default for MetricHistogram {
 impl MetricHistogram {
     /// Adds a value.
     pub fn record(&mut self, value_ns: i64) {
+        let value_ns = value_ns.clamp(-(HIGHEST_NS as i64), HIGHEST_NS as i64);
         self.min = self.min.min(value_ns);
+        self.max = self.max.max(value_ns);
         if value_ns >= 0 {
             let value = (value_ns as u64).min(HIGHEST_NS);
             self.non_negative.saturating_record(value + 1);
@@ -310,14 +328,20 @@ impl MetricHistogram {
         self.len() == 0
     }
 
-    /// The `rank`-th smallest value (1-based, at most `len()`).
+    /// The `rank`-th smallest value (1-based, at most `len()`): its bucket's upper edge,
+    /// within the exact minimum and maximum.
     fn value_at_rank(&self, rank: u64) -> i64 {
         let below = self.negative.as_ref().map_or(0, Histogram::len);
-        match &self.negative {
-            // The k-th smallest of the negatives is the (below − k + 1)-th smallest magnitude.
-            Some(negative) if rank <= below => -(nth_value(negative, below - rank + 1) as i64),
+        let value = match &self.negative {
+            // The k-th smallest of the negatives is the (below − k + 1)-th smallest magnitude;
+            // the upper edge of a negative bucket is its magnitude's lower edge.
+            Some(negative) if rank <= below => {
+                let magnitude = nth_value(negative, below - rank + 1);
+                -(negative.lowest_equivalent(magnitude) as i64)
+            }
             _ => nth_value(&self.non_negative, rank - below) as i64 - 1,
-        }
+        };
+        value.clamp(self.min, self.max)
     }
 
     /// The value at quantile `q` (0..=1): the smallest value with at least q × count samples
@@ -345,18 +369,25 @@ impl MetricHistogram {
             p50: self.value_at_quantile(0.5),
             p99: self.value_at_quantile(0.99),
             p999: self.value_at_quantile(0.999),
-            max: self.value_at_rank(count),
+            max: self.max,
         }
     }
 
     /// Non-empty buckets as (value, count) in ascending order of value, for JSON reports and
-    /// plots. A bucket's value is its farthest-from-zero value.
+    /// plots. A bucket's value is its upper edge (the largest value it holds).
     pub fn buckets(&self) -> Vec<(i64, u64)> {
         let mut buckets: Vec<(i64, u64)> = self
             .negative
             .iter()
             .flat_map(|h| h.iter_recorded())
-            .map(|v| (-(v.value_iterated_to() as i64), v.count_at_value()))
+            .map(|v| {
+                let magnitude = v.value_iterated_to();
+                let edge = self
+                    .negative
+                    .as_ref()
+                    .map_or(magnitude, |h| h.lowest_equivalent(magnitude));
+                (-(edge as i64), v.count_at_value())
+            })
             .collect();
         buckets.reverse();
         buckets.extend(
@@ -384,8 +415,10 @@ pub struct Figures {
     /// first [`MAX_XRUN_EVENTS`].
     pub xrun_events: Vec<(std::time::SystemTime, u32, i64)>,
     /// Beat-clock lateness over time: (song tag, seconds since the stats thread started,
-    /// lateness ns), thinned to at most [`SERIES_POINTS`] points.
+    /// lateness ns), thinned to at most [`SERIES_POINTS`] points; one output's ticks (the
+    /// first to report), so several outputs do not interleave.
     pub clock_series: Vec<(u32, f64, i64)>,
+    series_output: Option<u16>,
     series_stride: usize,
     series_seen: usize,
 }
@@ -460,7 +493,9 @@ impl Figures {
             }
             return;
         }
-        if sample.metric == Metric::ClockLateness {
+        if sample.metric == Metric::ClockLateness
+            && *self.series_output.get_or_insert(sample.output) == sample.output
+        {
             let stride = self.series_stride.max(1);
             if self.series_seen % stride == 0 {
                 self.clock_series
@@ -571,6 +606,7 @@ impl StatsCollector {
             ring: producer,
             dropped: self.dropped.clone(),
             song: 0,
+            tags_device_events: false,
         }
     }
 
@@ -802,6 +838,22 @@ mod tests {
         early.record(i64::MIN);
         early.record(i64::MAX);
         assert_eq!(early.summary().count, 4);
+        assert_eq!(early.summary().min, -(HIGHEST_NS as i64));
+        assert_eq!(early.summary().max, HIGHEST_NS as i64);
+        // Above 2048 a bucket holds several values: a percentile is the bucket's upper edge,
+        // never outside the exact minimum and maximum.
+        let mut wide = MetricHistogram::default();
+        wide.record(-12_345);
+        let s = wide.summary();
+        assert_eq!((s.min, s.p50, s.max), (-12_345, -12_345, -12_345));
+        wide.record(-12_340);
+        wide.record(99_999);
+        let s = wide.summary();
+        assert!(s.min <= s.p50 && s.p50 <= s.p99 && s.p99 <= s.max, "{s:?}");
+        assert!((-12_345..=-12_330).contains(&s.p50), "{s:?}");
+        assert_eq!(s.max, 99_999);
+        let buckets = wide.buckets();
+        assert!((-12_345..=-12_330).contains(&buckets[0].0), "{buckets:?}");
     }
 
     #[test]

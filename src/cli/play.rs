@@ -512,6 +512,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     );
     player.set_loop_set(options.loop_set);
     let (stats, timing_tx) = StatsCollector::start();
+    let timing_tx = timing_tx.tag_device_events();
     let (audio_clock_writer, audio_clock) = AudioClock::new(rate);
     let mut clock = None;
     let mut jack_midi = None;
@@ -782,8 +783,17 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
     };
     service.stopping();
     // The transport has stopped: the clock sends Stop and All Notes Off before it ends.
-    if let Some((thread, _outputs)) = clock.take() {
+    if let Some((thread, outputs)) = clock.take() {
         thread.finish();
+        for slot in &outputs.slots {
+            let dropped = slot.dropped.load(std::sync::atomic::Ordering::Relaxed);
+            if dropped > 0 {
+                warn!(
+                    "MIDI output `{}`: {dropped} bytes dropped (the device was missing or its buffer full)",
+                    slot.name
+                );
+            }
+        }
     }
     rt::log_pending_reports();
     drop(service);

@@ -543,9 +543,11 @@ impl Clock {
         );
     }
 
-    /// Writes `bytes` to every descriptor output carrying `stream` and records the lateness
-    /// of each one that took them: completion of its own write − `deadline`, so a slow
-    /// device shows under its own name.
+    /// Writes `bytes` to every descriptor output carrying `stream`, in config order, and
+    /// records the lateness of each one that took them: completion of its own write −
+    /// `deadline` — the time that output really got its bytes, which includes the writes
+    /// before it. A missing output or a full buffer sends nothing and has no lateness (its
+    /// dropped bytes are counted and logged at the end; a loss is a device event).
     fn write_due(&mut self, stream: Stream, bytes: &[u8], deadline: u64) {
         let metric = match stream {
             Stream::Clock => Metric::ClockLateness,
