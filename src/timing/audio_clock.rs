@@ -43,8 +43,9 @@
 //! [`RESET_JUMP_PERIODS`] buffers (xrun, seek of the device counter), or a callback comes more
 //! than max([`RESET_ERROR_PERIODS`] buffers, 20 ms) away from where the loop predicted it
 //! (a stall: the frames written after it leave the interface later; a single late callback
-//! after an on-time one, and the catch-up burst after it, are coasted through first — see
-//! [`STALL_PERIODS`] — so the restart comes one callback later), or after
+//! after an on-time one or after a gap of more than [`STALL_GAP_PERIODS`] buffers, and the
+//! catch-up burst after it, are coasted through first — see [`STALL_PERIODS`] — so the
+//! restart comes one callback later), or after
 //! [`AudioClockWriter::reset`]. Each restart increments the generation (1 for the first
 //! callback; 0 means "no mapping yet"). Readers detect a reset by comparing
 //! [`AudioClock::generation`] or [`ClockMapping::generation`] with the value they scheduled
@@ -119,6 +120,13 @@ pub const RESET_ERROR_MIN_NS: f64 = 20e6;
 pub const STALL_PERIODS: f64 = 1.0;
 /// See [`STALL_PERIODS`], in ns.
 pub const STALL_MIN_NS: f64 = 1e6;
+/// A callback more than this many buffers after the previous one is a (new) stall: it keeps a
+/// coast going, and starts one even after a late callback. Without it a host that stalled
+/// again in the middle of a catch-up burst restarted the loop on a callback tens of ms late,
+/// and the published mapping then slewed back for seconds (the fifth session's 10-minute run
+/// on a noisy host; `a_stall_during_a_catch_up_burst_keeps_the_mapping`). A real shift keeps
+/// the normal spacing and still ends the coast.
+pub const STALL_GAP_PERIODS: f64 = 1.5;
 /// Longest coast, CLOCK_MONOTONIC ns from its first callback; a longer burst is followed.
 pub const COAST_LIMIT_NS: u64 = 200_000_000;
 /// A frame counter advancing by more than this many buffers at once restarts the loop.
@@ -440,16 +448,19 @@ impl AudioClockWriter {
             && frames > RESET_JUMP_PERIODS.saturating_mul(state.period_frames);
         let late = !jumped && error > (STALL_PERIODS * buffer_ns).max(STALL_MIN_NS);
         let gap_ns = now_ns.saturating_sub(state.last_callback_ns) as f64;
+        // A gap of more than 1.5 buffers is a new stall; a real shift keeps the normal spacing.
+        let stalled_again = gap_ns > STALL_GAP_PERIODS * buffer_ns;
         let coasting = match state.late_since_ns {
-            // In a coast: go on through the catch-up burst while it is still late.
+            // In a coast: go on through the catch-up burst, and through another stall in the
+            // middle of it, while it is still late.
             Some(since) => {
                 !jumped
                     && error > 0.0
-                    && gap_ns < 0.5 * buffer_ns
+                    && (gap_ns < 0.5 * buffer_ns || stalled_again)
                     && now_ns.saturating_sub(since) < COAST_LIMIT_NS
             }
-            // A late callback right after an on-time one starts a coast.
-            None => late && !state.last_late,
+            // A late callback right after an on-time one, or after a stall, starts a coast.
+            None => late && (!state.last_late || stalled_again),
         };
         if coasting {
             state.late_since_ns.get_or_insert(now_ns);
@@ -872,6 +883,24 @@ mod tests {
         sim.writer.reset();
         sim.callback();
         assert_eq!(sim.clock.generation(), 4);
+    }
+
+    #[test]
+    fn a_stall_during_a_catch_up_burst_keeps_the_mapping() {
+        let mut sim = Sim::new(-100.0, 46, 0);
+        check_tracking(&mut sim, 10.0, CONVERGENCE_SECONDS);
+        // A 40 ms stall; three buffers of the catch-up burst run, then the host stops the
+        // process again for 30 ms in the middle of the burst.
+        sim.next_wake += 40_000_000;
+        sim.interface.last_wake = sim.next_wake;
+        for _ in 0..3 {
+            sim.callback();
+        }
+        sim.next_wake += 30_000_000;
+        sim.interface.last_wake = sim.next_wake;
+        let worst = check_tracking(&mut sim, 10.0, 0.0);
+        assert_eq!(sim.clock.generation(), 1, "coasted, not restarted");
+        assert!(worst < 300_000.0, "worst error {worst} ns");
     }
 
     #[test]
