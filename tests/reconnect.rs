@@ -114,10 +114,13 @@ struct Outcome {
     /// Timing Clock arrival times on the MIDI output, and every byte.
     ticks: Vec<u64>,
     midi: Vec<(u64, u8)>,
+    /// Machine stalls seen while it ran.
+    stalls: common::StallWatch,
 }
 
 /// Plays, kills the server after 3 s, brings it back 1 s later, records 3 s more.
 fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
+    let stalls = common::StallWatch::start();
     let show = ramp_show(tag, extra_audio);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let midi = fifo_reader(&show.path("clock.fifo"), None, stop.clone());
@@ -243,6 +246,7 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
         log,
         ticks: ticks(&midi),
         midi,
+        stalls,
     }
 }
 
@@ -319,7 +323,13 @@ fn a_server_that_comes_back_resumes_the_song_where_it_would_have_been() {
         densest <= MAX_TICKS_PER_HALF_SECOND,
         "no burst of ticks: {densest} in 500 ms (shortest interval {shortest:.1} ms)"
     );
-    assert!(longest < 60.0, "no gap in the clock: {longest:.1} ms");
+    // A stall of the whole machine (which stops the test's reader too) is not a gap in the
+    // clock: it is taken out of the interval it falls in.
+    let (own_longest, _) = outcome.stalls.longest_gap_ms(&outcome.ticks);
+    assert!(
+        own_longest < 60.0,
+        "no gap in the clock: {own_longest:.1} ms without machine stalls ({longest:.1} ms as measured)"
+    );
     let starts = outcome.midi.iter().filter(|&&(_, b)| b == 0xFA).count();
     assert_eq!(starts, 1, "one Start: the clock never restarted");
 }
@@ -395,6 +405,12 @@ fn fifo_reader(
     let mut file = Some(open());
     let started = Instant::now();
     std::thread::spawn(move || {
+        // Just below the clock (80), like the jitter bench's reader: a gap in the arrivals is
+        // then the player's (or a machine stall, see `StallWatch`), never this thread waiting
+        // behind the rest of the test run. Normal priority when not permitted.
+        let param = libc::sched_param { sched_priority: 79 };
+        // SAFETY: a valid sched_param for the calling thread (pid 0).
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
         let mut bytes = Vec::new();
         let mut reopened = None;
         let mut buffer = [0u8; 256];
@@ -441,6 +457,7 @@ fn ticks(bytes: &[(u64, u8)]) -> Vec<u64> {
 #[test]
 fn a_midi_output_whose_reader_comes_back_gets_the_clock_again_without_disturbing_the_rest() {
     use std::sync::atomic::{AtomicBool, Ordering};
+    let stalls = common::StallWatch::start();
     let show = TestShow::new("midi-reconnect");
     show.tone_song("a", "Long", 440.0, 20.0);
     show.write(
@@ -509,16 +526,12 @@ fn a_midi_output_whose_reader_comes_back_gets_the_clock_again_without_disturbing
     // played, the other's loss notwithstanding.
     let steady_ticks = ticks(&steady);
     assert!(steady_ticks.len() > 300, "{} ticks", steady_ticks.len());
-    let worst = steady_ticks
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or(0) as f64
-        / 1e6;
-    eprintln!("steady output: worst tick interval {worst:.1} ms");
+    // Machine stalls (which stop the test's reader too) are taken out of the gaps.
+    let (worst, measured) = stalls.longest_gap_ms(&steady_ticks);
+    eprintln!("steady output: worst tick interval {worst:.1} ms ({measured:.1} ms as measured)");
     assert!(
         worst < 100.0,
-        "steady ticks kept coming: worst gap {worst:.1} ms"
+        "steady ticks kept coming: worst gap {worst:.1} ms without machine stalls ({measured:.1} ms as measured)"
     );
 
     // Audio played on without a dropout.

@@ -221,6 +221,85 @@ impl Drop for Player {
 
 /// Polls `cond` every 5 ms until it returns true (-> true) or `timeout` passes (-> false).
 /// `cond` is evaluated once more at the deadline.
+/// Watches for stalls of the whole machine (this VM descheduled by its host for tens or
+/// hundreds of ms, which stops the player and the test's own readers alike): a thread at
+/// SCHED_FIFO 90 (normal priority when not permitted) sleeps 1 ms at a time and notes every
+/// wake-up more than 10 ms late. A gap in a measured stream that such a stall covers is the
+/// machine's, not the program's: tests subtract it before judging.
+pub struct StallWatch {
+    stalls: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StallWatch {
+    /// Starts watching.
+    pub fn start() -> StallWatch {
+        use std::sync::atomic::Ordering;
+        let stalls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (stalls, stop) = (stalls.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let param = libc::sched_param { sched_priority: 90 };
+                // SAFETY: a valid sched_param for the calling thread (pid 0).
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+                let mut before = now_ns();
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    let after = now_ns();
+                    if after - before > 11_000_000 {
+                        if let Ok(mut stalls) = stalls.lock() {
+                            stalls.push((before + 1_000_000, after));
+                        }
+                    }
+                    before = after;
+                }
+            })
+        };
+        StallWatch {
+            stalls,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// How much of `from..to` (CLOCK_MONOTONIC ns) the machine was stalled, in ns.
+    pub fn stalled_within(&self, from: u64, to: u64) -> u64 {
+        self.stalls
+            .lock()
+            .map(|stalls| {
+                stalls
+                    .iter()
+                    .map(|&(a, b)| b.min(to).saturating_sub(a.max(from)))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The longest gap between consecutive `times` once machine stalls inside it are taken
+    /// out, and the longest as measured, in ms.
+    pub fn longest_gap_ms(&self, times: &[u64]) -> (f64, f64) {
+        let mut own = 0u64;
+        let mut raw = 0u64;
+        for pair in times.windows(2) {
+            let gap = pair[1].saturating_sub(pair[0]);
+            raw = raw.max(gap);
+            own = own.max(gap.saturating_sub(self.stalled_within(pair[0], pair[1])));
+        }
+        (own as f64 / 1e6, raw as f64 / 1e6)
+    }
+}
+
+impl Drop for StallWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
