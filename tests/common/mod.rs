@@ -264,31 +264,48 @@ impl StallWatch {
         }
     }
 
-    /// How much of `from..to` (CLOCK_MONOTONIC ns) the machine was stalled, in ns.
-    pub fn stalled_within(&self, from: u64, to: u64) -> u64 {
-        self.stalls
-            .lock()
-            .map(|stalls| {
-                stalls
-                    .iter()
-                    .map(|&(a, b)| b.min(to).saturating_sub(a.max(from)))
-                    .sum()
-            })
-            .unwrap_or(0)
+    /// The machine stalls seen so far, `(from, to)` in CLOCK_MONOTONIC ns.
+    pub fn stalls(&self) -> Vec<(u64, u64)> {
+        self.stalls.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// The longest gap between consecutive `times` once machine stalls inside it are taken
     /// out, and the longest as measured, in ms.
     pub fn longest_gap_ms(&self, times: &[u64]) -> (f64, f64) {
+        self.longest_gap_ms_excluding(times, &[])
+    }
+
+    /// Like [`StallWatch::longest_gap_ms`], with `also` (CLOCK_MONOTONIC ns intervals, such
+    /// as an audio device's late cycles, [`Recording::late_cycles`]) taken out as well.
+    pub fn longest_gap_ms_excluding(&self, times: &[u64], also: &[(u64, u64)]) -> (f64, f64) {
+        let excluded = merge_intervals(self.stalls().into_iter().chain(also.iter().copied()));
         let mut own = 0u64;
         let mut raw = 0u64;
         for pair in times.windows(2) {
             let gap = pair[1].saturating_sub(pair[0]);
             raw = raw.max(gap);
-            own = own.max(gap.saturating_sub(self.stalled_within(pair[0], pair[1])));
+            let covered: u64 = excluded
+                .iter()
+                .map(|&(a, b)| b.min(pair[1]).saturating_sub(a.max(pair[0])))
+                .sum();
+            own = own.max(gap.saturating_sub(covered));
         }
         (own as f64 / 1e6, raw as f64 / 1e6)
     }
+}
+
+/// Sorted, non-overlapping union of `(from, to)` intervals.
+pub fn merge_intervals(intervals: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = intervals.into_iter().filter(|&(a, b)| b > a).collect();
+    all.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (a, b) in all {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
 }
 
 impl Drop for StallWatch {
@@ -1058,8 +1075,14 @@ pub struct Recording {
     pub channels: Vec<Vec<f32>>,
     /// JACK frame time (`jack_last_frame_time`) of sample 0 of every channel.
     pub first_frame_time: Option<u32>,
-    /// JACK microsecond time (`jack_get_cycle_times` current_usecs) of sample 0.
-    pub first_frame_usecs: Option<u64>,
+    /// `(sample index, CLOCK_MONOTONIC µs)` of the first sample of every recorded cycle: when
+    /// the recorder's process callback began (`jack_get_time` on entry), so a missed or late
+    /// cycle (the dummy driver falls behind the wall clock on a loaded machine) shifts no
+    /// later timestamp. Not `jack_get_cycle_times`' current_usecs: that is JACK's DLL
+    /// estimate, which after one 12 ms stall runs 16 % slow for seconds (measured: cycles of
+    /// 256 frames 6.2 ms apart, decaying to 5.33 ms over ~300 ms), while the driver wakes on
+    /// time. See [`Recording::usecs_at`].
+    pub cycle_usecs: Vec<(usize, u64)>,
     /// xruns the server reported while recording.
     pub xruns: u64,
     /// Discontinuities in the recording: `(sample index, frames)` where the recorder's cycle
@@ -1110,6 +1133,35 @@ impl Recording {
         (secs * self.sample_rate as f64).round().max(0.0) as usize
     }
 
+    /// CLOCK_MONOTONIC microseconds at which sample `index` was taken: its cycle's start
+    /// time plus its offset in that cycle. None before the first cycle.
+    pub fn usecs_at(&self, index: usize) -> Option<f64> {
+        let after = self.cycle_usecs.partition_point(|&(at, _)| at <= index);
+        let &(at, usecs) = self.cycle_usecs.get(after.checked_sub(1)?)?;
+        Some(usecs as f64 + (index - at) as f64 * 1e6 / f64::from(self.sample_rate))
+    }
+
+    /// Where the audio device ran late while recording, `(from, to)` in CLOCK_MONOTONIC ns:
+    /// a cycle that started more than half a period after the samples before it predicted
+    /// (the dummy driver woke late and fell behind the wall clock, as a loaded machine makes
+    /// it). The beat clock follows the audio clock, so it is held back by as much.
+    pub fn late_cycles(&self) -> Vec<(u64, u64)> {
+        let rate = f64::from(self.sample_rate.max(1));
+        self.cycle_usecs
+            .windows(2)
+            .filter_map(|pair| {
+                let ((at, start), (next_at, next_start)) = (pair[0], pair[1]);
+                let expected_us = (next_at - at) as f64 * 1e6 / rate;
+                let actual_us = next_start.saturating_sub(start) as f64;
+                let period_us = if next_at > at { expected_us } else { 0.0 };
+                (actual_us - expected_us > period_us / 2.0).then(|| {
+                    let due = (start as f64 + expected_us) * 1e3;
+                    (due as u64, next_start * 1000)
+                })
+            })
+            .collect()
+    }
+
     /// Absolute JACK frame time of sample `index` (first frame time + index + every gap
     /// before it), comparable with [`MidiCapture::frame_time`].
     pub fn frame_time_at(&self, index: usize) -> Option<u32> {
@@ -1130,7 +1182,6 @@ struct RecShared {
     frames: AtomicU64,
     /// u64::MAX = not yet.
     first_frame_time: AtomicU64,
-    first_frame_usecs: AtomicU64,
     overrun_frames: AtomicU64,
     xruns: AtomicU64,
     shut_down: AtomicBool,
@@ -1144,6 +1195,8 @@ struct RecProcess {
     midi_in: Option<jack::Port<jack::MidiIn>>,
     midi: rtrb::Producer<MidiCapture>,
     gaps: rtrb::Producer<(u64, i64)>,
+    /// (sample index, current_usecs) of every cycle written.
+    cycles: rtrb::Producer<(u64, u64)>,
     /// Frame time expected at the next cycle (u64::MAX before the first one).
     next_frame_time: u64,
     shared: Arc<RecShared>,
@@ -1152,16 +1205,10 @@ struct RecProcess {
 impl jack::ProcessHandler for RecProcess {
     fn process(&mut self, _: &jack::Client, ps: &jack::ProcessScope) -> jack::Control {
         // Real-time thread: no allocation, no locks.
+        let entered_usecs = jack::get_time();
         let n = ps.n_frames() as usize;
         let now = ps.last_frame_time();
         if self.next_frame_time == u64::MAX {
-            let usecs = ps
-                .cycle_times()
-                .map(|t| t.current_usecs)
-                .unwrap_or(u64::MAX);
-            self.shared
-                .first_frame_usecs
-                .store(usecs, Ordering::Relaxed);
             self.shared
                 .first_frame_time
                 .store(now as u64, Ordering::Release);
@@ -1197,6 +1244,8 @@ impl jack::ProcessHandler for RecProcess {
                 chunk.fill_from_iter(input.iter().copied());
             }
         }
+        let at = self.shared.frames.load(Ordering::Relaxed);
+        let _ = self.cycles.push((at, entered_usecs));
         self.shared.frames.fetch_add(n as u64, Ordering::Release);
         jack::Control::Continue
     }
@@ -1218,8 +1267,13 @@ impl jack::NotificationHandler for RecNotify {
 }
 
 type RecClient = jack::AsyncClient<RecNotify, RecProcess>;
-/// Per-channel samples, gaps and MIDI events, returned by the drain thread.
-type DrainResult = (Vec<Vec<f32>>, Vec<(usize, i64)>, Vec<MidiCapture>);
+/// Per-channel samples, gaps, cycle times and MIDI events, returned by the drain thread.
+type DrainResult = (
+    Vec<Vec<f32>>,
+    Vec<(usize, i64)>,
+    Vec<(usize, u64)>,
+    Vec<MidiCapture>,
+);
 
 /// An in-process JACK client that records `channels` audio inputs (`in_1..in_N`), connecting
 /// `"{prefix}{i}"` -> `in_{i}` (i = 1..=N, like the player's `out_1..`) whenever that source port exists and is not yet
@@ -1270,6 +1324,7 @@ impl Recorder {
             .map(|_| rtrb::RingBuffer::<f32>::new(capacity))
             .unzip();
         let (gap_producer, gap_consumer) = rtrb::RingBuffer::<(u64, i64)>::new(4096);
+        let (cycle_producer, cycle_consumer) = rtrb::RingBuffer::<(u64, u64)>::new(1 << 14);
         let (midi_producer, midi_consumer) = rtrb::RingBuffer::<MidiCapture>::new(1 << 16);
         let midi_in = midi_source.map(|_| {
             client
@@ -1281,7 +1336,6 @@ impl Recorder {
             stop_drain: AtomicBool::new(false),
             frames: AtomicU64::new(0),
             first_frame_time: AtomicU64::new(u64::MAX),
-            first_frame_usecs: AtomicU64::new(u64::MAX),
             overrun_frames: AtomicU64::new(0),
             xruns: AtomicU64::new(0),
             shut_down: AtomicBool::new(false),
@@ -1293,7 +1347,15 @@ impl Recorder {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("recorder-drain".into())
-                .spawn(move || drain_loop(consumers, gap_consumer, midi_consumer, &shared))
+                .spawn(move || {
+                    drain_loop(
+                        consumers,
+                        gap_consumer,
+                        cycle_consumer,
+                        midi_consumer,
+                        &shared,
+                    )
+                })
                 .expect("spawn recorder drain thread")
         };
 
@@ -1303,6 +1365,7 @@ impl Recorder {
             midi_in,
             midi: midi_producer,
             gaps: gap_producer,
+            cycles: cycle_producer,
             next_frame_time: u64::MAX,
             shared: shared.clone(),
         };
@@ -1425,9 +1488,14 @@ impl Recorder {
             }
         }
         self.shared.stop_drain.store(true, Ordering::Release);
-        let (mut channels, gaps, midi) = match self.drain.take() {
+        let (mut channels, gaps, cycle_usecs, midi) = match self.drain.take() {
             Some(h) => h.join().expect("recorder drain thread panicked"),
-            None => (vec![Vec::new(); self.channels], Vec::new(), Vec::new()),
+            None => (
+                vec![Vec::new(); self.channels],
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            ),
         };
         let overruns = self.shared.overrun_frames.load(Ordering::Relaxed);
         assert!(
@@ -1439,12 +1507,11 @@ impl Recorder {
             c.truncate(len);
         }
         let fft = self.shared.first_frame_time.load(Ordering::Acquire);
-        let usecs = self.shared.first_frame_usecs.load(Ordering::Relaxed);
         Recording {
             sample_rate: self.sample_rate,
             channels,
             first_frame_time: (fft != u64::MAX).then_some(fft as u32),
-            first_frame_usecs: (fft != u64::MAX && usecs != u64::MAX).then_some(usecs),
+            cycle_usecs,
             xruns: self.shared.xruns.load(Ordering::Relaxed),
             gaps,
             server_shut_down: self.server_shut_down(),
@@ -1517,6 +1584,7 @@ fn connect_loop(client: &Mutex<Option<RecClient>>, shared: &RecShared, pairs: &[
 fn drain_loop(
     mut consumers: Vec<rtrb::Consumer<f32>>,
     mut gap_consumer: rtrb::Consumer<(u64, i64)>,
+    mut cycle_consumer: rtrb::Consumer<(u64, u64)>,
     mut midi_consumer: rtrb::Consumer<MidiCapture>,
     shared: &RecShared,
 ) -> DrainResult {
@@ -1526,9 +1594,13 @@ fn drain_loop(
         .map(|_| Vec::with_capacity(1 << 20))
         .collect();
     let mut gaps = Vec::new();
+    let mut cycles = Vec::new();
     loop {
         while let Ok((at, frames)) = gap_consumer.pop() {
             gaps.push((at as usize, frames));
+        }
+        while let Ok((at, usecs)) = cycle_consumer.pop() {
+            cycles.push((at as usize, usecs));
         }
         while let Ok(event) = midi_consumer.pop() {
             midi.push(event);
@@ -1551,10 +1623,13 @@ fn drain_loop(
             while let Ok((at, frames)) = gap_consumer.pop() {
                 gaps.push((at as usize, frames));
             }
+            while let Ok((at, usecs)) = cycle_consumer.pop() {
+                cycles.push((at as usize, usecs));
+            }
             while let Ok(event) = midi_consumer.pop() {
                 midi.push(event);
             }
-            return (out, gaps, midi);
+            return (out, gaps, cycles, midi);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
