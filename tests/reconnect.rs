@@ -25,16 +25,24 @@ const SONG_SECONDS: f64 = 40.0;
 const RAMP_START: f64 = 0.1;
 const RAMP_RISE: f64 = 0.8;
 
-fn ramp_show(tag: &str, extra_audio: &str) -> TestShow {
-    let show = TestShow::new(tag);
-    let frames = (SONG_SECONDS * f64::from(RATE)) as usize;
-    let ramp: Vec<i16> = (0..frames)
+/// A DC ramp from `start` rising by `rise` over `seconds`, as 16-bit samples.
+fn ramp(start: f64, rise: f64, seconds: f64) -> Vec<i16> {
+    let frames = (seconds * f64::from(RATE)) as usize;
+    (0..frames)
         .map(|n| {
-            let v = RAMP_START + RAMP_RISE * n as f64 / frames as f64;
+            let v = start + rise * n as f64 / frames as f64;
             (v * 32767.0).round() as i16
         })
-        .collect();
-    show.wav_i16("songs/1/ramp.wav", RATE, &[ramp]);
+        .collect()
+}
+
+fn ramp_show(tag: &str, extra_audio: &str) -> TestShow {
+    let show = TestShow::new(tag);
+    show.wav_i16(
+        "songs/1/ramp.wav",
+        RATE,
+        &[ramp(RAMP_START, RAMP_RISE, SONG_SECONDS)],
+    );
     show.write(
         "songs/1/song.yaml",
         "kind: song\nname: Ramp\ntracks:\n  - name: ramp\n    file: ramp.wav\ntempo: { bpm: 120 }\n",
@@ -51,8 +59,13 @@ fn ramp_show(tag: &str, extra_audio: &str) -> TestShow {
 
 /// Song position in seconds that a recorded sample says.
 fn position_of(sample: f32) -> f64 {
+    position_on(sample, RAMP_START, RAMP_RISE, SONG_SECONDS)
+}
+
+/// Position in seconds that `sample` says on a [`ramp`] of these parameters.
+fn position_on(sample: f32, start: f64, rise: f64, seconds: f64) -> f64 {
     let v = f64::from((sample * 32768.0).round()) / 32767.0;
-    (v - RAMP_START) / RAMP_RISE * SONG_SECONDS
+    (v - start) / rise * seconds
 }
 
 /// JACK microseconds (CLOCK_MONOTONIC) of recorded sample `index`, from the time of the
@@ -668,4 +681,118 @@ fn systemd_hears_the_loss_and_the_watchdog_keeps_pinging_while_reconnecting() {
     stop.store(true, std::sync::atomic::Ordering::Release);
     assert!(status.success(), "exit {status:?}: {log}");
     assert!(!log.contains("not pinging"), "no watchdog complaint: {log}");
+}
+
+/// The first song: a 2 s ramp from 0.1 to 0.3; the second: a 40 s ramp from 0.4 to 0.9.
+const SHORT_SECONDS: f64 = 2.0;
+const SHORT: (f64, f64) = (0.1, 0.2);
+const LONG: (f64, f64) = (0.4, 0.5);
+
+#[test]
+fn an_outage_across_a_songs_end_resumes_part_way_into_the_next_song() {
+    let show = TestShow::new("reconnect-span");
+    show.wav_i16(
+        "songs/1/ramp.wav",
+        RATE,
+        &[ramp(SHORT.0, SHORT.1, SHORT_SECONDS)],
+    );
+    show.write(
+        "songs/1/song.yaml",
+        "kind: song\nname: A short one\ntracks:\n  - name: ramp\n    file: ramp.wav\ntempo: { bpm: 120 }\n",
+    );
+    show.wav_i16(
+        "songs/2/ramp.wav",
+        RATE,
+        &[ramp(LONG.0, LONG.1, SONG_SECONDS)],
+    );
+    show.write(
+        "songs/2/song.yaml",
+        "kind: song\nname: B long one\ntracks:\n  - name: ramp\n    file: ramp.wav\ntempo: { bpm: 120 }\n",
+    );
+    show.write(
+        "backline.yaml",
+        "songs: songs\naudio:\n  device: jack\n  track_mappings:\n    ramp: [1]\n",
+    );
+    let server = JackServer::start(RATE, PERIOD);
+    let client = unique_client_name("backline");
+    let ports = format!("{client}:out_");
+    let recorder = Recorder::start(&server, &ports, 1);
+    let player = spawn(&show, &server, &client);
+    assert!(
+        wait_until(Duration::from_secs(20), || player
+            .text()
+            .contains("song started: 1/2")),
+        "{}",
+        player.text()
+    );
+    // 1.5 s into the 2 s song the server goes, for at least two seconds: well past the
+    // song's end, so that starting the next song from its top would be far off.
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill();
+    let before = recorder.stop();
+    assert!(
+        wait_until(Duration::from_secs(10), || player
+            .text()
+            .contains("audio device lost")),
+        "the loss is reported: {}",
+        player.text()
+    );
+    let samples = &before.channels[0];
+    let probe = samples
+        .iter()
+        .rposition(|s| s.abs() > 0.05)
+        .expect("audio before the loss")
+        .saturating_sub(RATE as usize / 10);
+    let short_at = position_on(samples[probe], SHORT.0, SHORT.1, SHORT_SECONDS);
+    assert!(
+        short_at > 0.5 && short_at < SHORT_SECONDS - 0.2,
+        "the loss came inside the first song: {short_at:.3} s"
+    );
+    // When the second song would have started, had the device never gone.
+    let long_start_us = usecs_of(&before, probe) + (SHORT_SECONDS - short_at) * 1e6;
+
+    std::thread::sleep(Duration::from_secs(2));
+    server.restart();
+    let recorder = Recorder::start(&server, &ports, 1);
+    assert!(
+        recorder.wait_connected(Duration::from_secs(10)),
+        "the player's ports come back: {}",
+        player.text()
+    );
+    let recorded = recorder.frames_so_far() + u64::from(RATE);
+    assert!(
+        wait_until(Duration::from_secs(10), || recorder.frames_so_far()
+            >= recorded),
+        "the new server runs: {}",
+        player.text()
+    );
+    let after = recorder.stop();
+    let samples = &after.channels[0];
+    let first = samples
+        .iter()
+        .position(|s| s.abs() > 0.05)
+        .unwrap_or_else(|| panic!("audio after the reconnect: {}", player.text()));
+    let settled = (first + 480).min(samples.len() - 1);
+    let heard_us = usecs_of(&after, settled);
+    let long_at = position_on(samples[settled], LONG.0, LONG.1, SONG_SECONDS);
+    let would_have_been = (heard_us - long_start_us) / 1e6;
+    let (status, log) = player.terminate();
+    eprintln!(
+        "span: lost {short_at:.3} s into the 2 s song; the next song resumed at {long_at:.3} s, would have been at {would_have_been:.3} s"
+    );
+    assert!(status.success(), "exit {status:?}: {log}");
+    assert!(
+        samples[settled] > (LONG.0 - 0.01) as f32,
+        "the second song plays after the outage, not the first: {} ({log})",
+        samples[settled]
+    );
+    assert!(
+        would_have_been > 1.0,
+        "the outage reached past the first song's end: {would_have_been:.3} s"
+    );
+    assert!(
+        (long_at - would_have_been).abs() < 0.5,
+        "the next song resumed at {long_at:.3} s, would have been at {would_have_been:.3} s\n{log}"
+    );
+    assert!(log.contains("song started: 2/2"), "{log}");
 }

@@ -302,6 +302,9 @@ pub struct StemMix {
     /// Frames to drop before playing on (a lost device's outage), played as silence until
     /// the loader has delivered them; not an underrun.
     skip: u64,
+    /// Frames of `skip` the stem ended before it could drop: how far past its end the outage
+    /// reached.
+    skipped_past_end: u64,
 }
 
 impl StemMix {
@@ -313,6 +316,7 @@ impl StemMix {
             gain: GainRamp::new(gain),
             debt: 0,
             skip: 0,
+            skipped_past_end: 0,
         }
     }
 
@@ -335,6 +339,7 @@ impl StemMix {
             // The file ended (or failed) before the frames skipped in an underrun arrived:
             // there is nothing left to skip, and the stem must be able to end.
             self.debt = 0;
+            self.skipped_past_end = self.skipped_past_end.saturating_add(self.skip);
             self.skip = 0;
         }
         // Drop an outage's frames as the loader delivers them; silence meanwhile.
@@ -346,6 +351,13 @@ impl StemMix {
             }
             self.skip -= drop_now as u64;
             if self.skip > 0 {
+                if finished && self.stream.ring.is_empty() {
+                    // The file ended inside the outage: the rest of it lies past the end.
+                    self.skipped_past_end = self.skipped_past_end.saturating_add(self.skip);
+                    self.skip = 0;
+                    self.debt = 0;
+                    return (0, 0);
+                }
                 return (frames, 0);
             }
         }
@@ -439,6 +451,17 @@ impl SongMixer {
         for stem in &mut self.stems {
             stem.skip = stem.skip.saturating_add(frames);
         }
+    }
+
+    /// How far past the song's end a [`skip`](Self::skip) reached, once the song has ended:
+    /// the frames its longest stem had no audio left to drop for (0 when it ended on its own).
+    /// An outage that spans the song's end goes on by this much into the next song.
+    pub fn skipped_past_end(&self) -> u64 {
+        self.stems
+            .iter()
+            .map(|stem| stem.skipped_past_end)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Adds up to `frames` frames (at most [`MAX_BLOCK_FRAMES`] − `offset`) of the song into

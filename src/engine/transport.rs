@@ -121,6 +121,9 @@ pub struct Transport {
     end_set_now: bool,
     /// Frames of silence spent waiting; past [`MAX_QUEUE_WAIT_FRAMES`] the set ends anyway.
     waited_frames: usize,
+    /// Frames of an outage that reached past the end of the song that ended: the next song
+    /// starts that far in (`on_reconnect: resume`, the song goes on where it would have been).
+    outage_carry: u64,
 }
 
 /// Longest wait for the control thread's `Queue`/`Unqueue` after a song ended before it came
@@ -165,6 +168,7 @@ pub fn transport() -> (Transport, TransportControl) {
             waiting_for_queue: false,
             end_set_now: false,
             waited_frames: 0,
+            outage_carry: 0,
         },
         TransportControl {
             commands: command_tx,
@@ -257,7 +261,9 @@ impl Transport {
             }
             if rendered.ended {
                 let finished_id = song.id;
-                let frames_played = song.position;
+                // An outage that reached past this song's end goes on into the next one.
+                self.outage_carry = song.mixer.skipped_past_end();
+                let frames_played = song.position.saturating_sub(self.outage_carry);
                 self.emit(Event::Finished {
                     id: finished_id,
                     frames: frames_played,
@@ -265,8 +271,9 @@ impl Transport {
                 let done = self.current.take();
                 self.discard(done);
                 match self.queued.take() {
-                    Some(next) => {
+                    Some(mut next) => {
                         self.emit(Event::Started { id: next.id });
+                        self.carry_outage_into(&mut next);
                         self.current = Some(next);
                         self.awaiting_queue = true;
                     }
@@ -316,6 +323,7 @@ impl Transport {
             match command {
                 Command::Load(song) => {
                     // An explicit choice: whatever was owed for the old song is void.
+                    self.outage_carry = 0;
                     self.waiting_for_queue = false;
                     self.awaiting_queue = false;
                     let id = song.id;
@@ -332,6 +340,8 @@ impl Transport {
                         self.waiting_for_queue = false;
                         self.playing = true;
                         let id = song.id;
+                        let mut song = song;
+                        self.carry_outage_into(&mut song);
                         let old = self.current.replace(song);
                         self.discard(old);
                         self.emit(Event::Started { id });
@@ -360,6 +370,7 @@ impl Transport {
                     }
                 }
                 Command::Stop => {
+                    self.outage_carry = 0;
                     self.waiting_for_queue = false;
                     self.awaiting_queue = false;
                     self.playing = false;
@@ -377,6 +388,7 @@ impl Transport {
                 }
                 Command::Advance => {
                     if let Some(next) = self.queued.take() {
+                        self.outage_carry = 0;
                         self.waiting_for_queue = false;
                         self.awaiting_queue = true;
                         let id = next.id;
@@ -400,6 +412,15 @@ impl Transport {
         }
     }
 
+    /// Starts `song` as far in as the outage carried past the previous song's end (if any).
+    fn carry_outage_into(&mut self, song: &mut PreparedSong) {
+        let carry = std::mem::take(&mut self.outage_carry);
+        if carry > 0 {
+            song.position += carry;
+            song.mixer.skip(carry);
+        }
+    }
+
     fn emit(&mut self, event: Event) {
         // A full event ring means the control thread is stuck; dropping an event is better
         // than blocking the audio.
@@ -414,5 +435,93 @@ impl Transport {
                 self.status.leaked.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::mixer::{routes_for, StemMix};
+    use crate::media::StemStream;
+
+    /// A mono song of `frames` frames, fully loaded, whose frame n is `first + n`.
+    fn song(id: u64, first: f32, frames: usize) -> Box<PreparedSong> {
+        let (mut producer, consumer) = rtrb::RingBuffer::new(frames);
+        for n in 0..frames {
+            producer.push(first + n as f32).expect("room");
+        }
+        let stream = StemStream {
+            name: format!("song {id}"),
+            ring: consumer,
+            channels: 1,
+            finished: Arc::new(AtomicBool::new(true)),
+        };
+        Box::new(PreparedSong {
+            id,
+            mixer: SongMixer::new(vec![StemMix::new(stream, routes_for(1, &[0]), 1.0)]),
+            position: 0,
+            song_tag: id as u32,
+        })
+    }
+
+    fn push(control: &mut TransportControl, command: Command) {
+        assert!(control.commands.push(command).is_ok(), "command ring full");
+    }
+
+    #[test]
+    fn an_outage_across_a_songs_end_goes_on_into_the_next_song() {
+        let (mut transport, mut control) = transport();
+        push(&mut control, Command::Load(song(1, 1.0, 1000)));
+        push(&mut control, Command::Queue(song(2, 10_001.0, 1000)));
+        push(&mut control, Command::Play);
+        let mut output = PlanarBuffer::new(1);
+        transport.process(&mut output, 400);
+        assert_eq!(output.channel(0, 0, 1)[0], 1.0);
+        // The device is gone for 900 frames, 300 of them past the first song's end.
+        transport.skip_outage(900, true);
+        transport.process(&mut output, 100);
+        let first = output.channel(0, 0, 1)[0];
+        assert_eq!(
+            first, 10_301.0,
+            "the next song plays from frame 300, at once"
+        );
+        assert_eq!(control.status.current_id.load(Ordering::Relaxed), 2);
+        assert_eq!(control.status.position.load(Ordering::Relaxed), 400);
+        let mut events = Vec::new();
+        while let Ok(event) = control.events.pop() {
+            events.push(event);
+        }
+        assert!(
+            events.contains(&Event::Finished {
+                id: 1,
+                frames: 1000
+            }),
+            "{events:?}"
+        );
+        assert!(events.contains(&Event::Started { id: 2 }), "{events:?}");
+    }
+
+    #[test]
+    fn an_outage_inside_a_song_leaves_the_next_song_at_its_start() {
+        let (mut transport, mut control) = transport();
+        push(&mut control, Command::Load(song(1, 1.0, 1000)));
+        push(&mut control, Command::Queue(song(2, 10_001.0, 1000)));
+        push(&mut control, Command::Play);
+        let mut output = PlanarBuffer::new(1);
+        transport.process(&mut output, 400);
+        transport.skip_outage(300, true);
+        transport.process(&mut output, 100);
+        assert_eq!(
+            output.channel(0, 0, 1)[0],
+            701.0,
+            "where it would have been"
+        );
+        transport.process(&mut output, 200);
+        transport.process(&mut output, 100);
+        assert_eq!(
+            output.channel(0, 0, 1)[0],
+            10_001.0,
+            "the next song from its top"
+        );
     }
 }
