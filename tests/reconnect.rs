@@ -178,27 +178,8 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
     assert!(player.alive(), "still running: {}", player.text());
     server.restart();
     let up_us = jack::get_time() as f64;
-    // About one run in eight on a loaded machine, the test's own recorder client stalls on the
-    // restarted server (libjack state of the old server in the test process; jackd logs
-    // "recorder … was not finished"). backline is not involved: it logs its recovery in
-    // those runs too. Then a new recorder is started, and the time-to-audio figure, which
-    // that late recorder cannot measure, is not asserted for this run.
-    let mut attempts = 0;
-    let recorder = loop {
-        attempts += 1;
-        let recorder = Recorder::start(&server, &ports, 1);
-        let runs = recorder.wait_connected(Duration::from_secs(10)) && {
-            let target = recorder.frames_so_far() + u64::from(RATE);
-            wait_until(Duration::from_secs(5), || {
-                recorder.frames_so_far() >= target
-            })
-        };
-        if runs || attempts == 3 {
-            break recorder;
-        }
-        eprintln!("the test's recorder stalled on the restarted server; starting another");
-        let _ = recorder.stop();
-    };
+    // The time-to-audio figure cannot be measured by a recorder that had to be restarted.
+    let (recorder, attempts) = record_after_restart(&server, &ports);
     assert!(
         recorder.wait_connected(Duration::from_secs(10)),
         "the player's ports come back: {}",
@@ -267,6 +248,58 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
         midi,
         stalls,
         audio_late,
+    }
+}
+
+/// Most of the ticks' span that late audio cycles may take out of the gap check: beyond it
+/// the machine is too loaded for the check to mean anything, and the test says so rather
+/// than excuse every gap.
+const MAX_LATE_SHARE: f64 = 0.3;
+
+/// Fails when the audio device ran late for more than [`MAX_LATE_SHARE`] of the ticks' span.
+fn assert_late_share_is_bounded(late: &[(u64, u64)], ticks: &[u64]) {
+    let (Some(&first), Some(&last)) = (ticks.first(), ticks.last()) else {
+        return;
+    };
+    let late_ns: u64 = common::merge_intervals(late.iter().copied())
+        .iter()
+        .map(|&(a, b)| b.min(last).saturating_sub(a.max(first)))
+        .sum();
+    let share = late_ns as f64 / (last - first).max(1) as f64;
+    eprintln!(
+        "audio device late for {:.1} ms of {:.1} s ({:.1} %)",
+        late_ns as f64 / 1e6,
+        (last - first) as f64 / 1e9,
+        share * 100.0
+    );
+    assert!(
+        share < MAX_LATE_SHARE,
+        "the audio device ran late for {:.1} % of the time: too loaded to judge the clock's gaps",
+        share * 100.0
+    );
+}
+
+/// A recorder on the restarted server, and how many it took. About one run in eight on a
+/// loaded machine, the test's own recorder client stalls on the restarted server (libjack
+/// state of the old server in the test process; jackd logs "recorder … was not finished").
+/// backline is not involved: it logs its recovery in those runs too. Then a new recorder is
+/// started (three at most).
+fn record_after_restart(server: &JackServer, ports: &str) -> (Recorder, u32) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let recorder = Recorder::start(server, ports, 1);
+        let runs = recorder.wait_connected(Duration::from_secs(10)) && {
+            let target = recorder.frames_so_far() + u64::from(RATE);
+            wait_until(Duration::from_secs(5), || {
+                recorder.frames_so_far() >= target
+            })
+        };
+        if runs || attempts == 3 {
+            return (recorder, attempts);
+        }
+        eprintln!("the test's recorder stalled on the restarted server; starting another");
+        let _ = recorder.stop();
     }
 }
 
@@ -350,6 +383,7 @@ fn a_server_that_comes_back_resumes_the_song_where_it_would_have_been() {
     let (own_longest, _) = outcome
         .stalls
         .longest_gap_ms_excluding(&outcome.ticks, &outcome.audio_late);
+    assert_late_share_is_bounded(&outcome.audio_late, &outcome.ticks);
     assert!(
         own_longest < 100.0,
         "no gap in the clock: {own_longest:.1} ms without machine stalls ({longest:.1} ms as measured)"
@@ -579,6 +613,7 @@ fn a_midi_output_whose_reader_comes_back_gets_the_clock_again_without_disturbing
     );
     // Machine stalls (which stop the test's reader too) and cycles the audio device ran late
     // (which the clock follows) are taken out of the gaps.
+    assert_late_share_is_bounded(&recording.late_cycles(), &steady_ticks);
     let (worst, measured) =
         stalls.longest_gap_ms_excluding(&steady_ticks, &recording.late_cycles());
     eprintln!("steady output: worst tick interval {worst:.1} ms ({measured:.1} ms as measured)");
@@ -753,7 +788,7 @@ fn an_outage_across_a_songs_end_resumes_part_way_into_the_next_song() {
 
     std::thread::sleep(Duration::from_secs(2));
     server.restart();
-    let recorder = Recorder::start(&server, &ports, 1);
+    let (recorder, _) = record_after_restart(&server, &ports);
     assert!(
         recorder.wait_connected(Duration::from_secs(10)),
         "the player's ports come back: {}",
@@ -790,8 +825,9 @@ fn an_outage_across_a_songs_end_resumes_part_way_into_the_next_song() {
         would_have_been > 1.0,
         "the outage reached past the first song's end: {would_have_been:.3} s"
     );
+    // Tighter than the in-song resume's 0.5 s: the carry itself is what is judged here.
     assert!(
-        (long_at - would_have_been).abs() < 0.5,
+        (long_at - would_have_been).abs() < 0.25,
         "the next song resumed at {long_at:.3} s, would have been at {would_have_been:.3} s\n{log}"
     );
     assert!(log.contains("song started: 2/2"), "{log}");

@@ -358,6 +358,9 @@ impl StemMix {
                     self.debt = 0;
                     return (0, 0);
                 }
+                // Silence while the loader catches up: the song moves on meanwhile, so that
+                // much more is skipped (the stem stays where the song would have been).
+                self.skip = self.skip.saturating_add(frames as u64);
                 return (frames, 0);
             }
         }

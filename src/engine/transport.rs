@@ -284,6 +284,7 @@ impl Transport {
                     }
                     None => {
                         self.playing = false;
+                        self.outage_carry = 0;
                         set_ended_at = Some(offset);
                         self.emit(Event::SetEnded);
                     }
@@ -352,6 +353,7 @@ impl Transport {
                     }
                 }
                 Command::Unqueue => {
+                    self.outage_carry = 0;
                     self.awaiting_queue = false;
                     if self.waiting_for_queue {
                         self.waiting_for_queue = false;
@@ -388,7 +390,6 @@ impl Transport {
                 }
                 Command::Advance => {
                     if let Some(next) = self.queued.take() {
-                        self.outage_carry = 0;
                         self.waiting_for_queue = false;
                         self.awaiting_queue = true;
                         let id = next.id;
@@ -444,24 +445,34 @@ mod tests {
     use crate::engine::mixer::{routes_for, StemMix};
     use crate::media::StemStream;
 
-    /// A mono song of `frames` frames, fully loaded, whose frame n is `first + n`.
-    fn song(id: u64, first: f32, frames: usize) -> Box<PreparedSong> {
+    /// A mono stem of `frames` frames, fully loaded, whose frame n is `first + n`, sent to
+    /// `output`.
+    fn stem(first: f32, frames: usize, output: usize) -> StemMix {
         let (mut producer, consumer) = rtrb::RingBuffer::new(frames);
         for n in 0..frames {
             producer.push(first + n as f32).expect("room");
         }
         let stream = StemStream {
-            name: format!("song {id}"),
+            name: "stem".into(),
             ring: consumer,
             channels: 1,
             finished: Arc::new(AtomicBool::new(true)),
         };
+        StemMix::new(stream, routes_for(1, &[output]), 1.0)
+    }
+
+    fn song_of(id: u64, stems: Vec<StemMix>) -> Box<PreparedSong> {
         Box::new(PreparedSong {
             id,
-            mixer: SongMixer::new(vec![StemMix::new(stream, routes_for(1, &[0]), 1.0)]),
+            mixer: SongMixer::new(stems),
             position: 0,
             song_tag: id as u32,
         })
+    }
+
+    /// A one-stem song of `frames` frames whose frame n is `first + n`.
+    fn song(id: u64, first: f32, frames: usize) -> Box<PreparedSong> {
+        song_of(id, vec![stem(first, frames, 0)])
     }
 
     fn push(control: &mut TransportControl, command: Command) {
@@ -523,5 +534,60 @@ mod tests {
             10_001.0,
             "the next song from its top"
         );
+    }
+
+    #[test]
+    fn the_longest_stem_says_how_far_an_outage_reached_past_the_end() {
+        let (mut transport, mut control) = transport();
+        // Stems of 1000 and 600 frames: the song ends with the longer one.
+        let first = song_of(1, vec![stem(1.0, 1000, 0), stem(1.0, 600, 1)]);
+        push(&mut control, Command::Load(first));
+        push(&mut control, Command::Queue(song(2, 10_001.0, 1000)));
+        push(&mut control, Command::Play);
+        let mut output = PlanarBuffer::new(2);
+        transport.process(&mut output, 400);
+        transport.skip_outage(800, true);
+        transport.process(&mut output, 100);
+        assert_eq!(
+            output.channel(0, 0, 1)[0],
+            10_201.0,
+            "200 frames past the end"
+        );
+    }
+
+    #[test]
+    fn silence_while_a_loader_catches_up_is_skipped_too() {
+        let (mut transport, mut control) = transport();
+        // Only 500 of the song's 2000 frames are loaded when an 800-frame outage ends.
+        let (mut producer, consumer) = rtrb::RingBuffer::new(2000);
+        for n in 0..500 {
+            producer.push(1.0 + n as f32).expect("room");
+        }
+        let finished = Arc::new(AtomicBool::new(false));
+        let stream = StemStream {
+            name: "slow".into(),
+            ring: consumer,
+            channels: 1,
+            finished: finished.clone(),
+        };
+        let slow = song_of(1, vec![StemMix::new(stream, routes_for(1, &[0]), 1.0)]);
+        push(&mut control, Command::Load(slow));
+        push(&mut control, Command::Play);
+        let mut output = PlanarBuffer::new(1);
+        transport.process(&mut output, 100);
+        transport.skip_outage(800, true);
+        transport.process(&mut output, 100);
+        assert_eq!(output.channel(0, 0, 1)[0], 0.0, "silence while loading");
+        for n in 500..2000 {
+            producer.push(1.0 + n as f32).expect("room");
+        }
+        finished.store(true, Ordering::Release);
+        transport.process(&mut output, 100);
+        assert_eq!(
+            output.channel(0, 0, 1)[0],
+            1001.0,
+            "frame 1000: 100 played, the 800 of the outage and the 100 silent frames after it"
+        );
+        assert_eq!(control.status.position.load(Ordering::Relaxed), 1100);
     }
 }

@@ -47,10 +47,11 @@
 //! catch-up burst after it, are coasted through first — see [`STALL_PERIODS`] — so the
 //! restart comes one callback later), or after
 //! [`AudioClockWriter::reset`]. Each restart increments the generation (1 for the first
-//! callback; 0 means "no mapping yet"). Readers detect a reset by comparing
-//! [`AudioClock::generation`] or [`ClockMapping::generation`] with the value they scheduled
-//! from, and then re-derive their deadlines (the beat clock: Song Position Pointer and
-//! Continue) instead of assuming continuity. After an xrun the loop keeps its rate estimate;
+//! callback; 0 means "no mapping yet"; a realignment, below, moves it too). A reader can
+//! tell a step by comparing [`AudioClock::generation`] or [`ClockMapping::generation`] with
+//! the value it scheduled from. The beat clock needs no such check: it reads a fresh deadline
+//! for every tick, so a step shows as one longer (or, backwards, shorter) interval, and a tick
+//! whose deadline already passed goes at once. After an xrun the loop keeps its rate estimate;
 //! after a backwards counter or `reset` it starts again from the nominal rate.
 //!
 //! # Realignment
@@ -62,9 +63,12 @@
 //! mapping further and further behind the loop, which follows through its phase term: 355 ms
 //! after two seconds, then one step (a 250 ms hole in the beat clock) when a longer stall
 //! restarted the loop. Now, when the published mapping is further from the loop's line than the
-//! restart bound (max([`RESET_ERROR_PERIODS`] buffers, [`RESET_ERROR_MIN_NS`])), it steps onto
-//! that line and the generation moves, as at a restart: the clock follows a device that loses
-//! time in steps of at most that bound (`a_device_losing_time_is_followed_within_the_bound`).
+//! restart bound (max([`RESET_ERROR_PERIODS`] buffers, [`RESET_ERROR_MIN_NS`])), it steps
+//! forward onto that line and the generation moves, as at a restart: the clock follows a device
+//! that loses time in steps of at most that bound
+//! (`a_device_losing_time_is_followed_within_the_bound`). Never backwards: a mapping ahead
+//! of the loop (a device gaining time, which real crystals do not do at this rate) is slewed
+//! as before, since a step back would put tick deadlines in the past and send a burst.
 //!
 //! # Convergence
 //!
@@ -514,9 +518,10 @@ impl AudioClockWriter {
         // Published mapping: continuous at this frame, slope slewed towards the loop's line.
         let mut published_now = state.published_time + n * state.published_ns_per_frame;
         let offset = state.loop_time - published_now;
-        if offset.abs() > (RESET_ERROR_PERIODS * buffer_ns).max(RESET_ERROR_MIN_NS) {
-            // The device loses (or gains) time faster than the slew can follow: step onto the
+        if offset > (RESET_ERROR_PERIODS * buffer_ns).max(RESET_ERROR_MIN_NS) {
+            // The device loses time faster than the slew can follow: step forward onto the
             // loop's line, a new generation (see "Realignment" in the module documentation).
+            // Only forward: a step back would put tick deadlines in the past (a burst).
             self.generation += 1;
             published_now = state.loop_time;
             state.published_ns_per_frame = state.loop_ns_per_frame;
@@ -1178,9 +1183,11 @@ mod tests {
             worst / 1e6,
             bound_ns / 1e6
         );
-        // It follows in steps (new generations), not by restarting the loop on every loss.
+        // It follows in steps of about the bound (48 here: 8 ms lost 153 times is 1.2 s, in
+        // ~21 ms steps plus the restarts of the longer outages), neither standing still (1)
+        // nor restarting on every loss (153).
         assert!(
-            (10..500).contains(&generations),
+            (20..=100).contains(&generations),
             "{generations} generations"
         );
     }

@@ -1151,10 +1151,10 @@ impl Recording {
             .windows(2)
             .filter_map(|pair| {
                 let ((at, start), (next_at, next_start)) = (pair[0], pair[1]);
+                // The previous cycle's length: when the next one was due.
                 let expected_us = (next_at - at) as f64 * 1e6 / rate;
                 let actual_us = next_start.saturating_sub(start) as f64;
-                let period_us = if next_at > at { expected_us } else { 0.0 };
-                (actual_us - expected_us > period_us / 2.0).then(|| {
+                (actual_us > 1.5 * expected_us).then(|| {
                     let due = (start as f64 + expected_us) * 1e3;
                     (due as u64, next_start * 1000)
                 })
