@@ -153,25 +153,8 @@ fn lose_and_recover(tag: &str, extra_audio: &str) -> Outcome {
     assert!(wait_until(Duration::from_secs(15), || recorder
         .frames_so_far()
         >= playing));
-    server.kill();
-    let before = recorder.stop();
-    assert!(
-        wait_until(Duration::from_secs(10), || player
-            .text()
-            .contains("audio device lost")),
-        "the loss is reported: {}",
-        player.text()
-    );
-    // When the song would have started, on the JACK clock, had it played on from a sample
-    // 100 ms before the loss. Near the loss, so that periods the player missed earlier (a
-    // loaded machine's xruns, which hold the song back like any player's) are not counted
-    // against it: the resume is measured across the outage alone.
+    let (before, probe) = kill_the_server(&server, recorder, &player);
     let samples = &before.channels[0];
-    let probe = samples
-        .iter()
-        .rposition(|s| s.abs() > 0.05)
-        .expect("audio before the loss");
-    let probe = probe.saturating_sub(RATE as usize / 10);
     let song_start_us = usecs_of(&before, probe) - position_of(samples[probe]) * 1e6;
 
     std::thread::sleep(Duration::from_secs(1));
@@ -277,6 +260,28 @@ fn assert_late_share_is_bounded(late: &[(u64, u64)], ticks: &[u64]) {
         "the audio device ran late for {:.1} % of the time: too loaded to judge the clock's gaps",
         share * 100.0
     );
+}
+
+/// Kills the server, checks that the player reports the loss, and returns what the recorder
+/// heard with the sample to measure from: 100 ms before the loss. Near the loss, so that
+/// periods the player missed earlier (a loaded machine's xruns, which hold the song back like
+/// any player's) are not counted against it: a resume is measured across the outage alone.
+fn kill_the_server(server: &JackServer, recorder: Recorder, player: &Player) -> (Recording, usize) {
+    server.kill();
+    let before = recorder.stop();
+    assert!(
+        wait_until(Duration::from_secs(10), || player
+            .text()
+            .contains("audio device lost")),
+        "the loss is reported: {}",
+        player.text()
+    );
+    let probe = before.channels[0]
+        .iter()
+        .rposition(|s| s.abs() > 0.05)
+        .expect("audio before the loss")
+        .saturating_sub(RATE as usize / 10);
+    (before, probe)
 }
 
 /// A recorder on the restarted server, and how many it took. About one run in eight on a
@@ -763,21 +768,8 @@ fn an_outage_across_a_songs_end_resumes_part_way_into_the_next_song() {
     // 1.5 s into the 2 s song the server goes, for at least two seconds: well past the
     // song's end, so that starting the next song from its top would be far off.
     std::thread::sleep(Duration::from_millis(1500));
-    server.kill();
-    let before = recorder.stop();
-    assert!(
-        wait_until(Duration::from_secs(10), || player
-            .text()
-            .contains("audio device lost")),
-        "the loss is reported: {}",
-        player.text()
-    );
+    let (before, probe) = kill_the_server(&server, recorder, &player);
     let samples = &before.channels[0];
-    let probe = samples
-        .iter()
-        .rposition(|s| s.abs() > 0.05)
-        .expect("audio before the loss")
-        .saturating_sub(RATE as usize / 10);
     let short_at = position_on(samples[probe], SHORT.0, SHORT.1, SHORT_SECONDS);
     assert!(
         short_at > 0.5 && short_at < SHORT_SECONDS - 0.2,

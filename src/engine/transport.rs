@@ -479,14 +479,25 @@ mod tests {
         assert!(control.commands.push(command).is_ok(), "command ring full");
     }
 
+    /// A transport playing `first`, with `next` queued, after `frames` frames.
+    fn playing(
+        first: Box<PreparedSong>,
+        next: Box<PreparedSong>,
+        frames: usize,
+    ) -> (Transport, TransportControl, PlanarBuffer) {
+        let (mut transport, mut control) = transport();
+        push(&mut control, Command::Load(first));
+        push(&mut control, Command::Queue(next));
+        push(&mut control, Command::Play);
+        let mut output = PlanarBuffer::new(2);
+        transport.process(&mut output, frames);
+        (transport, control, output)
+    }
+
     #[test]
     fn an_outage_across_a_songs_end_goes_on_into_the_next_song() {
-        let (mut transport, mut control) = transport();
-        push(&mut control, Command::Load(song(1, 1.0, 1000)));
-        push(&mut control, Command::Queue(song(2, 10_001.0, 1000)));
-        push(&mut control, Command::Play);
-        let mut output = PlanarBuffer::new(1);
-        transport.process(&mut output, 400);
+        let (mut transport, mut control, mut output) =
+            playing(song(1, 1.0, 1000), song(2, 10_001.0, 1000), 400);
         assert_eq!(output.channel(0, 0, 1)[0], 1.0);
         // The device is gone for 900 frames, 300 of them past the first song's end.
         transport.skip_outage(900, true);
@@ -514,12 +525,8 @@ mod tests {
 
     #[test]
     fn an_outage_inside_a_song_leaves_the_next_song_at_its_start() {
-        let (mut transport, mut control) = transport();
-        push(&mut control, Command::Load(song(1, 1.0, 1000)));
-        push(&mut control, Command::Queue(song(2, 10_001.0, 1000)));
-        push(&mut control, Command::Play);
-        let mut output = PlanarBuffer::new(1);
-        transport.process(&mut output, 400);
+        let (mut transport, _control, mut output) =
+            playing(song(1, 1.0, 1000), song(2, 10_001.0, 1000), 400);
         transport.skip_outage(300, true);
         transport.process(&mut output, 100);
         assert_eq!(
@@ -538,14 +545,9 @@ mod tests {
 
     #[test]
     fn the_longest_stem_says_how_far_an_outage_reached_past_the_end() {
-        let (mut transport, mut control) = transport();
         // Stems of 1000 and 600 frames: the song ends with the longer one.
         let first = song_of(1, vec![stem(1.0, 1000, 0), stem(1.0, 600, 1)]);
-        push(&mut control, Command::Load(first));
-        push(&mut control, Command::Queue(song(2, 10_001.0, 1000)));
-        push(&mut control, Command::Play);
-        let mut output = PlanarBuffer::new(2);
-        transport.process(&mut output, 400);
+        let (mut transport, _control, mut output) = playing(first, song(2, 10_001.0, 1000), 400);
         transport.skip_outage(800, true);
         transport.process(&mut output, 100);
         assert_eq!(
