@@ -335,14 +335,7 @@ impl StemMix {
             .stream
             .finished
             .load(std::sync::atomic::Ordering::Acquire);
-        if finished && self.stream.ring.is_empty() {
-            // The file ended (or failed) before the frames skipped in an underrun arrived:
-            // there is nothing left to skip, and the stem must be able to end.
-            self.debt = 0;
-            self.skipped_past_end = self.skipped_past_end.saturating_add(self.skip);
-            self.skip = 0;
-        }
-        // Drop an outage's frames as the loader delivers them; silence meanwhile.
+        // Drop an outage's frames as the loader delivers them.
         if self.skip > 0 {
             let available = (self.stream.ring.slots() / channels) as u64;
             let drop_now = available.min(self.skip) as usize;
@@ -350,19 +343,20 @@ impl StemMix {
                 chunk.commit_all();
             }
             self.skip -= drop_now as u64;
-            if self.skip > 0 {
-                if finished && self.stream.ring.is_empty() {
-                    // The file ended inside the outage: the rest of it lies past the end.
-                    self.skipped_past_end = self.skipped_past_end.saturating_add(self.skip);
-                    self.skip = 0;
-                    self.debt = 0;
-                    return (0, 0);
-                }
-                // Silence while the loader catches up: the song moves on meanwhile, so that
-                // much more is skipped (the stem stays where the song would have been).
-                self.skip = self.skip.saturating_add(frames as u64);
-                return (frames, 0);
-            }
+        }
+        if finished && self.stream.ring.is_empty() {
+            // The file ended (or failed) before the frames skipped in an underrun or an
+            // outage arrived: there is nothing left to skip, and the stem must be able to end.
+            // What an outage still had to skip lies past the end (the next song's share).
+            self.debt = 0;
+            self.skipped_past_end = self.skipped_past_end.saturating_add(self.skip);
+            self.skip = 0;
+        }
+        if self.skip > 0 {
+            // Silence while the loader catches up: the song moves on meanwhile, so that much
+            // more is skipped (the stem stays where the song would have been).
+            self.skip = self.skip.saturating_add(frames as u64);
+            return (frames, 0);
         }
         // Pay back frames skipped during an earlier underrun first.
         if self.debt > 0 {

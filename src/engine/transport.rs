@@ -334,14 +334,13 @@ impl Transport {
                         self.emit(Event::Started { id });
                     }
                 }
-                Command::Queue(song) => {
+                Command::Queue(mut song) => {
                     self.awaiting_queue = false;
                     if self.waiting_for_queue {
                         // The previous song already ended: this one starts now.
                         self.waiting_for_queue = false;
                         self.playing = true;
                         let id = song.id;
-                        let mut song = song;
                         self.carry_outage_into(&mut song);
                         let old = self.current.replace(song);
                         self.discard(old);

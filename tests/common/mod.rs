@@ -1079,8 +1079,8 @@ pub struct Recording {
     /// the recorder's process callback began (`jack_get_time` on entry), so a missed or late
     /// cycle (the dummy driver falls behind the wall clock on a loaded machine) shifts no
     /// later timestamp. Not `jack_get_cycle_times`' current_usecs: that is JACK's DLL
-    /// estimate, which after one 12 ms stall runs 16 % slow for seconds (measured: cycles of
-    /// 256 frames 6.2 ms apart, decaying to 5.33 ms over ~300 ms), while the driver wakes on
+    /// estimate, which after one 12 ms stall ran 16 % slow (measured: cycles of 256 frames
+    /// 6.2 ms apart instead of 5.33, still 6.0 ms 300 ms later), while the driver wakes on
     /// time. See [`Recording::usecs_at`].
     pub cycle_usecs: Vec<(usize, u64)>,
     /// xruns the server reported while recording.
@@ -1195,7 +1195,7 @@ struct RecProcess {
     midi_in: Option<jack::Port<jack::MidiIn>>,
     midi: rtrb::Producer<MidiCapture>,
     gaps: rtrb::Producer<(u64, i64)>,
-    /// (sample index, current_usecs) of every cycle written.
+    /// (sample index, `jack_get_time` at callback entry) of every cycle written.
     cycles: rtrb::Producer<(u64, u64)>,
     /// Frame time expected at the next cycle (u64::MAX before the first one).
     next_frame_time: u64,
