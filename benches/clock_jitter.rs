@@ -21,39 +21,59 @@
 //! Run: `cargo bench --bench clock_jitter` (BACKLINE_BENCH_SECONDS per condition, default 20;
 //! BACKLINE_BENCH_ONLY=sandbox for the sandbox comparison alone, =loaded for SCHED_FIFO loaded
 //! and the floor alone; BACKLINE_BENCH_PAIRS
-//! on/off/off rounds, default 2).
+//! on/off/off rounds, default 2; BACKLINE_BENCH_KEEP=1 keeps each run's arrival stamps and
+//! rehearsal report; BACKLINE_BENCH_READER_MODE=blocking for a reader blocked in `read`).
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::process::Command;
 
-use common::{now_ns, percentile};
+use common::{percentile, ReaderMode};
 
 const BPM: f64 = 300.0;
 
 /// Reader mode (this executable re-run): timestamp every clock byte arriving on the FIFO.
-fn reader(fifo: &str, out: &str) {
-    // The reader runs SCHED_FIFO 79 when it may: high enough that its own wake-ups do not blur
-    // the arrival times, below the clock (80) so it never preempts the clock inside write(2).
-    let param = libc::sched_param { sched_priority: 79 };
+/// Writes one line per tick: the arrival time in ns, and `1` when the stamp may be late
+/// (`common::Arrival::inexact`).
+fn reader(fifo: &str, out: &str, mode: ReaderMode) {
+    // A polling reader runs SCHED_FIFO 60: above the bench's load, below the audio (70) and
+    // the clock (80), which its polling window must never delay. A blocking reader runs at 79,
+    // so that its own wake-ups blur the arrival times as little as they can, still below the
+    // clock so that it never preempts the clock inside write(2).
+    let priority = match mode {
+        ReaderMode::Polling { .. } => 60,
+        ReaderMode::Blocking => 79,
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
     // SAFETY: plain syscall on the calling thread.
     unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
-    let Ok(mut file) = std::fs::File::open(fifo) else {
+    backline::rt::prefault_stack();
+    let Ok(file) = std::fs::File::open(fifo) else {
         return;
     };
     let mut times = Vec::with_capacity(1 << 20);
-    let mut buffer = [0u8; 64];
-    while let Ok(n) = file.read(&mut buffer) {
-        if n == 0 {
-            break;
-        }
-        let t = now_ns();
-        times.extend(buffer[..n].iter().filter(|&&b| b == 0xF8).map(|_| t));
-    }
+    common::read_fifo(file.as_raw_fd(), mode, |arrival| {
+        let ticks = arrival.bytes.iter().filter(|&&b| b == 0xF8).count();
+        times.extend(std::iter::repeat((arrival.time_ns, arrival.inexact)).take(ticks));
+    });
     if let Ok(mut f) = std::fs::File::create(out) {
-        for t in times {
-            let _ = writeln!(f, "{t}");
+        for (t, inexact) in times {
+            let _ = writeln!(f, "{t} {}", u8::from(inexact));
+        }
+    }
+}
+
+/// The reader the bench uses: polling unless BACKLINE_BENCH_READER_MODE=blocking.
+fn reader_mode() -> ReaderMode {
+    if std::env::var("BACKLINE_BENCH_READER_MODE").as_deref() == Ok("blocking") {
+        ReaderMode::Blocking
+    } else {
+        ReaderMode::Polling {
+            interval_ns: (60e9 / BPM / 24.0) as u64,
         }
     }
 }
@@ -70,6 +90,9 @@ struct Row {
     /// Arrivals more than `EARLY_US` before the grid.
     early_ticks: usize,
     ticks: usize,
+    /// Arrival stamps that may be late (see `common::Arrival::inexact`); every one with a
+    /// blocking reader.
+    inexact_stamps: usize,
     /// p99 of the audio callback's time in µs and the nominal period in µs.
     callback_p99: f64,
     period_us: f64,
@@ -87,7 +110,7 @@ fn run_condition(
     sandbox: bool,
     only_sys_nice: bool,
 ) -> Option<Row> {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = fifo_dir().join(format!(
         "backline-jitter-{}-{realtime}-{load}-{sandbox}",
         std::process::id()
     ));
@@ -103,6 +126,13 @@ fn run_condition(
         .env(
             "BACKLINE_BENCH_READER",
             format!("{}\n{}", fifo.display(), arrivals.display()),
+        )
+        .env(
+            "BACKLINE_BENCH_READER_MODE",
+            match reader_mode() {
+                ReaderMode::Blocking => "blocking",
+                ReaderMode::Polling { .. } => "polling",
+            },
         )
         .spawn()
         .ok()?;
@@ -160,12 +190,24 @@ fn run_condition(
         .unwrap_or(f64::NAN)
         / 1000.0;
     let period_us = json["period_ns"].as_f64().unwrap_or(f64::NAN) / 1000.0;
-    let times: Vec<f64> = std::fs::read_to_string(&arrivals)
+    let stamps: Vec<(f64, bool)> = std::fs::read_to_string(&arrivals)
         .ok()?
         .lines()
-        .filter_map(|l| l.parse::<f64>().ok())
+        .filter_map(|l| {
+            let (time, inexact) = l.split_once(' ')?;
+            Some((time.parse::<f64>().ok()?, inexact == "1"))
+        })
         .collect();
-    let _ = std::fs::remove_dir_all(&dir);
+    let times: Vec<f64> = stamps.iter().map(|s| s.0).collect();
+    let inexact_stamps = stamps.iter().filter(|s| s.1).count();
+    if std::env::var_os("BACKLINE_BENCH_KEEP").is_some() {
+        eprintln!(
+            "kept the arrival stamps and the report in {}",
+            dir.display()
+        );
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let interval = 60e9 / BPM / 24.0;
     let offsets: Vec<f64> = times
         .iter()
@@ -196,9 +238,24 @@ fn run_condition(
         rate_ppm,
         early_ticks,
         ticks: times.len(),
+        inexact_stamps,
         callback_p99,
         period_us,
     })
+}
+
+/// Where the bench makes its FIFO: tmpfs (`/dev/shm`) when the machine has it. A FIFO on a
+/// disk filesystem updates its modification time on every write, through the filesystem's
+/// journal on ext4, which `cargo bench --bench fifo_write` shows costs the writer up to
+/// hundreds of µs: a cost of the file's location, not of the clock (a MIDI device node is
+/// on devtmpfs).
+fn fifo_dir() -> std::path::PathBuf {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// Arrival lateness in µs, unsorted, the fitted rate's deviation in ppm, and how many ticks
@@ -282,7 +339,7 @@ fn main() {
     if let Ok(spec) = std::env::var("BACKLINE_BENCH_READER") {
         let mut parts = spec.lines();
         if let (Some(fifo), Some(out)) = (parts.next(), parts.next()) {
-            reader(fifo, out);
+            reader(fifo, out, reader_mode());
         }
         return;
     }
@@ -371,9 +428,13 @@ fn sandbox_cost(seconds: u64) {
 /// The four conditions next to the floor; `loaded_fifo_only` runs just SCHED_FIFO loaded (the
 /// condition the targets are about, e.g. for a 10-minute drift run).
 fn conditions(seconds: u64, loaded_fifo_only: bool) {
-    println!("beat clock at {BPM} BPM (120 ticks/s), {seconds} s per condition; µs");
     println!(
-        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} | {:>9} {:>8} {:>5} | {:>10}",
+        "beat clock at {BPM} BPM (120 ticks/s), {seconds} s per condition, FIFO in {}, {:?} reader; µs",
+        fifo_dir().display(),
+        reader_mode()
+    );
+    println!(
+        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} {:>7} | {:>9} {:>8} {:>5} | {:>10}",
         "condition",
         "ticks",
         "self50",
@@ -384,6 +445,7 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
         "arr99",
         "arr999",
         "arrmax",
+        "inexact",
         "drift",
         "rate ppm",
         "early",
@@ -406,8 +468,8 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
             Some(r) => {
                 let ratio = floor.map_or("-".to_string(), |f| format!("{:.2}×", r.self_p99 / f[1]));
                 println!(
-                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>9.1} {:>8.3} {:>5} | {:>10}",
-                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.drift_us, r.rate_ppm, r.early_ticks, ratio
+                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} | {:>9.1} {:>8.3} {:>5} | {:>10}",
+                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.inexact_stamps, r.drift_us, r.rate_ppm, r.early_ticks, ratio
                 );
             }
             None => println!("{name:<26} failed"),

@@ -16,6 +16,8 @@ mod common;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use common::ReaderMode;
+
 use backline::engine::callback::monotonic_ns;
 use backline::stats::{MetricHistogram, Summary};
 use backline::timing::sleep_until_ns;
@@ -25,19 +27,40 @@ const TICK_NS: u64 = 8_333_333;
 /// The clock's default spin window.
 const SPIN_NS: u64 = 400_000;
 
+/// Where the clock's bytes go.
 #[derive(Clone, Copy, PartialEq)]
 enum Target {
     DevNull,
-    FifoOtherCore,
-    FifoSameCore,
+    Fifo {
+        /// The reader is pinned to the writer's core instead of the other one.
+        same_core: bool,
+        reader: ReaderMode,
+        /// The FIFO lives on tmpfs (`/dev/shm`) instead of `$TMPDIR`.
+        tmpfs: bool,
+    },
 }
 
 impl Target {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            Target::DevNull => "/dev/null",
-            Target::FifoOtherCore => "FIFO, reader on the other core",
-            Target::FifoSameCore => "FIFO, reader on the same core",
+            Target::DevNull => "/dev/null".to_string(),
+            Target::Fifo {
+                same_core,
+                reader,
+                tmpfs,
+            } => format!(
+                "FIFO in {}, {} reader, {} core",
+                if tmpfs {
+                    "/dev/shm".to_string()
+                } else {
+                    std::env::temp_dir().display().to_string()
+                },
+                match reader {
+                    ReaderMode::Blocking => "blocking",
+                    ReaderMode::Polling { .. } => "polling",
+                },
+                if same_core { "same" } else { "other" }
+            ),
         }
     }
 }
@@ -71,37 +94,37 @@ fn open(path: &str, flags: i32) -> Option<OwnedFd> {
 
 /// Runs one condition; the summary of write durations, and whether SCHED_FIFO was granted.
 fn measure(target: Target, seconds: u64) -> Option<(Summary, bool)> {
-    let dir = std::env::temp_dir().join(format!("backline-fifo-write-{}", std::process::id()));
+    let base = match target {
+        Target::Fifo { tmpfs: true, .. } => std::path::PathBuf::from("/dev/shm"),
+        _ => std::env::temp_dir(),
+    };
+    let dir = base.join(format!("backline-fifo-write-{}", std::process::id()));
     std::fs::create_dir_all(&dir).ok()?;
     let fifo_path = dir.join("midi");
     let fifo_str = fifo_path.to_str()?.to_string();
-    let reader = if target == Target::DevNull {
-        None
-    } else {
+    let reader = if let Target::Fifo {
+        same_core, reader, ..
+    } = target
+    {
         let c_path = CString::new(fifo_str.clone()).ok()?;
         // SAFETY: c_path is NUL-terminated.
         if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
             return None;
         }
-        let reader_cpu = if target == Target::FifoSameCore { 0 } else { 1 };
         let path = fifo_str.clone();
         Some(std::thread::spawn(move || {
-            pin_to(reader_cpu);
+            pin_to(if same_core { 0 } else { 1 });
             fifo(79);
-            let Some(fd) = open(&path, libc::O_RDONLY) else {
-                return;
-            };
-            let mut buffer = [0u8; 64];
-            // SAFETY: buffer is valid for its length; fd is open.
-            while unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) }
-                > 0
-            {}
+            if let Some(fd) = open(&path, libc::O_RDONLY) {
+                common::read_fifo(fd.as_raw_fd(), reader, |_| {});
+            }
         }))
-    };
-    let writer_path = if target == Target::DevNull {
-        "/dev/null".to_string()
     } else {
-        fifo_str
+        None
+    };
+    let writer_path = match target {
+        Target::DevNull => "/dev/null".to_string(),
+        Target::Fifo { .. } => fifo_str,
     };
     let result = std::thread::spawn(move || {
         pin_to(0);
@@ -149,11 +172,31 @@ fn main() {
         "one-byte write(2) duration at 120 deadlines/s from a SCHED_FIFO 80 thread that spins to each deadline, {seconds} s per condition (µs)"
     );
     println!(
-        "{:<44} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "{:<58} {:>7} {:>8} {:>8} {:>8} {:>9}",
         "condition", "writes", "p50", "p99", "p99.9", "max"
     );
+    let only_loaded = std::env::var("BACKLINE_BENCH_ONLY").as_deref() == Ok("loaded");
+    let polling = ReaderMode::Polling {
+        interval_ns: TICK_NS,
+    };
+    let fifo = |same_core, reader, tmpfs| Target::Fifo {
+        same_core,
+        reader,
+        tmpfs,
+    };
+    let targets = [
+        Target::DevNull,
+        fifo(false, ReaderMode::Blocking, false),
+        fifo(true, ReaderMode::Blocking, false),
+        fifo(false, ReaderMode::Blocking, true),
+        fifo(false, polling, false),
+        fifo(false, polling, true),
+    ];
     for load in [false, true] {
-        for target in [Target::DevNull, Target::FifoOtherCore, Target::FifoSameCore] {
+        if only_loaded && !load {
+            continue;
+        }
+        for target in targets {
             let _load = common::Load::start(load);
             let name = format!(
                 "{}, {}",
@@ -164,7 +207,7 @@ fn main() {
                 Some((s, realtime)) => {
                     let us = |ns: i64| ns as f64 / 1000.0;
                     println!(
-                        "{name:<44} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>9.1}{}",
+                        "{name:<58} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>9.1}{}",
                         s.count,
                         us(s.p50),
                         us(s.p99),
@@ -177,7 +220,7 @@ fn main() {
                         }
                     );
                 }
-                None => println!("{name:<44} could not be measured (FIFO or thread setup failed)"),
+                None => println!("{name:<58} could not be measured (FIFO or thread setup failed)"),
             }
         }
     }

@@ -94,3 +94,103 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
+
+/// How a bench's stand-in MIDI device reads the FIFO the clock writes to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReaderMode {
+    /// Blocked in `read(2)`: every write has to wake it (on a VM an inter-processor
+    /// interrupt), and its own wake-up latency is in every arrival stamp.
+    Blocking,
+    /// Sleeps until `POLL_WINDOW_NS` before the next tick is due (the last arrival + one tick
+    /// interval) and then polls with non-blocking reads, the way a MIDI interface's UART sees
+    /// a byte the moment it is on the wire: the writer wakes nobody, and the stamp is taken
+    /// within a read's time of the byte's arrival.
+    Polling {
+        /// The tick interval the reader expects, in ns.
+        interval_ns: u64,
+    },
+}
+
+/// How long before a tick is due the polling reader starts to poll: more than the clock's
+/// lateness almost always is, so a byte is rarely already waiting when polling starts.
+pub const POLL_WINDOW_NS: u64 = 1_000_000;
+
+/// After this many tick intervals with nothing to read, the polling reader blocks in
+/// `poll(2)` instead (the clock stopped, or the writer has not written yet).
+const POLL_GIVE_UP_INTERVALS: u64 = 4;
+
+/// One read's worth of bytes and when it was read.
+pub struct Arrival<'a> {
+    /// CLOCK_MONOTONIC when the read returned, in ns.
+    pub time_ns: u64,
+    /// The bytes read.
+    pub bytes: &'a [u8],
+    /// The bytes were already waiting when the polling reader looked (it woke late, or the
+    /// tick came early by more than the window), or the reader was woken from `poll(2)`:
+    /// either way the stamp may be later than the arrival.
+    pub inexact: bool,
+}
+
+/// Reads the FIFO at `fd` (opened for reading) until its writer closes it, calling `arrived`
+/// for every read that returned bytes.
+pub fn read_fifo(fd: std::os::fd::RawFd, mode: ReaderMode, mut arrived: impl FnMut(Arrival)) {
+    let mut buffer = [0u8; 64];
+    let read = |buffer: &mut [u8; 64]| {
+        // SAFETY: buffer is valid for its length; fd is an open descriptor.
+        unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) }
+    };
+    let ReaderMode::Polling { interval_ns } = mode else {
+        while let n @ 1.. = read(&mut buffer) {
+            let time_ns = now_ns();
+            arrived(Arrival {
+                time_ns,
+                bytes: &buffer[..n as usize],
+                inexact: true,
+            });
+        }
+        return;
+    };
+    // SAFETY: F_SETFL with O_NONBLOCK changes only this descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut last: Option<u64> = None;
+    loop {
+        if let Some(last) = last {
+            backline::timing::sleep_until_ns((last + interval_ns).saturating_sub(POLL_WINDOW_NS));
+        }
+        let mut polling_since = now_ns();
+        let mut first_look = true;
+        let mut woken = false;
+        loop {
+            let n = read(&mut buffer);
+            if n > 0 {
+                let time_ns = now_ns();
+                arrived(Arrival {
+                    time_ns,
+                    bytes: &buffer[..n as usize],
+                    inexact: woken || (first_look && last.is_some()),
+                });
+                last = Some(time_ns);
+                break;
+            }
+            let would_block =
+                n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+            if !would_block {
+                return; // end of file (the writer closed) or an error
+            }
+            first_look = false;
+            if now_ns() - polling_since > POLL_GIVE_UP_INTERVALS * interval_ns {
+                let mut pollfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; -1 waits until the FIFO is readable or hung up.
+                unsafe { libc::poll(&mut pollfd, 1, -1) };
+                woken = true;
+                polling_since = now_ns();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
