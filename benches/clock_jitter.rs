@@ -1,8 +1,19 @@
 //! Beat-clock jitter against the machine's floor. Runs the real binary
-//! (`backline rehearse --clock-only --bpm 300`, 120 ticks/s) into a FIFO read by an
+//! (`backline rehearse --clock-only --bpm 300`, 120 ticks/s) into a FIFO on tmpfs read by an
 //! independent reader process that timestamps every byte with CLOCK_MONOTONIC, in four
 //! conditions — SCHED_FIFO idle, SCHED_FIFO with a busy thread on every core, normal
-//! priority idle, normal priority loaded — next to `cyclictest -m -p 80 -i 1000`.
+//! priority idle, normal priority loaded — next to two floors measured under the same load
+//! for as long: `cyclictest -m -p 80 -i 1000`, and the clock's own sleep-and-spin pattern
+//! with nothing else (`common::sleep_and_spin`), the tail a perfect clock would have here.
+//!
+//! The reader polls (`common::ReaderMode::Polling`): it sleeps until 1 ms before the next
+//! tick is due and then reads non-blocking until the byte is there, as a MIDI interface's
+//! UART sees a byte the moment it is on the wire. A reader blocked in `read(2)` (the mode
+//! BACKLINE_BENCH_READER_MODE=blocking keeps) makes every write wake it — on this VM an
+//! inter-processor interrupt and an exit to the hypervisor inside the clock's write — and
+//! puts its own wake-up latency into every arrival stamp: `cargo bench --bench fifo_write`
+//! measures both. "inexact" counts stamps taken when the byte was already waiting as the
+//! reader started to poll (it woke late), which may be later than the arrival.
 //!
 //! Self-reported lateness (write completion − deadline) comes from the rehearsal JSON.
 //! Arrival lateness is measured against a steady grid of ticks (tick n at t0 + n × interval,
@@ -33,6 +44,9 @@ use std::process::Command;
 use common::{percentile, ReaderMode};
 
 const BPM: f64 = 300.0;
+
+/// The clock's default spin window (`realtime.spin_us`), for the sleep-and-spin floor.
+const SPIN_NS: u64 = 400_000;
 
 /// Reader mode (this executable re-run): timestamp every clock byte arriving on the FIFO.
 /// Writes one line per tick: the arrival time in ns, and `1` when the stamp may be late
@@ -451,9 +465,19 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
         "early",
         "p99/floor"
     );
-    let floor = {
+    let (floor, spinner) = {
         let _load = common::Load::start(true);
-        cyclictest(seconds)
+        let floor = cyclictest(seconds);
+        let spinner =
+            common::sleep_and_spin(seconds, (60e9 / BPM / 24.0) as u64, SPIN_NS).map(|l| {
+                [
+                    percentile(&l, 0.5),
+                    percentile(&l, 0.99),
+                    percentile(&l, 0.999),
+                    l.last().copied().unwrap_or(f64::NAN),
+                ]
+            });
+        (floor, spinner)
     };
     for (name, realtime, load) in [
         ("SCHED_FIFO, idle", true, false),
@@ -481,5 +505,12 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
             "floor", "", f[0], f[1], f[2], f[3]
         ),
         None => println!("cyclictest not found (install rt-tests): no floor"),
+    }
+    match spinner {
+        Some(f) => println!(
+            "{:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} |  (the clock's sleep-and-spin alone: SCHED_FIFO 80, loaded, no write)",
+            "floor: sleep and spin", "", f[0], f[1], f[2], f[3]
+        ),
+        None => println!("floor: sleep and spin: SCHED_FIFO not granted"),
     }
 }

@@ -77,7 +77,7 @@ fn audio_callback_never_allocates() {
     let mut fourth = Some(song(4, 2, 2, 20_000));
     assert_no_alloc(|| {
         for round in 0..60 {
-            callback.render_f32(&mut device_f32);
+            callback.render_f32(&mut device_f32, None);
             callback.render(&mut device_i16);
             callback.render(&mut device_i32);
             // The JACK backend's path: planar blocks copied to one buffer per port.

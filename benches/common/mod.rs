@@ -194,3 +194,35 @@ pub fn read_fifo(fd: std::os::fd::RawFd, mode: ReaderMode, mut arrived: impl FnM
         }
     }
 }
+
+/// The beat clock's waiting pattern with nothing else around it: a SCHED_FIFO 80 thread that
+/// sleeps until `spin_ns` before each of `seconds` × (1 s / `period_ns`) absolute deadlines,
+/// spins to the deadline and records how late it got there (no write, no audio clock, no
+/// other thread). What is left is the machine: the tail a perfect clock would have here.
+/// Lateness in µs, sorted; `None` when SCHED_FIFO was not granted.
+pub fn sleep_and_spin(seconds: u64, period_ns: u64, spin_ns: u64) -> Option<Vec<f64>> {
+    std::thread::spawn(move || {
+        let param = libc::sched_param { sched_priority: 80 };
+        // SAFETY: param is a valid sched_param; pid 0 is the calling thread.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            return None;
+        }
+        backline::rt::prefault_stack();
+        let count = seconds * 1_000_000_000 / period_ns;
+        let mut lateness = Vec::with_capacity(count as usize);
+        let mut deadline = now_ns() + period_ns;
+        for _ in 0..count {
+            backline::timing::sleep_until_ns(deadline - spin_ns);
+            while now_ns() < deadline {
+                std::hint::spin_loop();
+            }
+            lateness.push((now_ns() - deadline) as f64 / 1000.0);
+            deadline += period_ns;
+        }
+        lateness.sort_by(f64::total_cmp);
+        Some(lateness)
+    })
+    .join()
+    .ok()
+    .flatten()
+}

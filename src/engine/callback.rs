@@ -143,10 +143,12 @@ impl AudioCallback {
         Processed { set_ended_at }
     }
 
-    /// Renders straight into an f32 buffer. Returns where the set ended, if it did.
-    pub fn render_f32(&mut self, output: &mut [f32]) -> Processed {
+    /// Renders straight into an f32 buffer. `clock_ns`, when the backend knows it, is when
+    /// the buffer's first frame is played (CLOCK_MONOTONIC) and feeds the audio clock instead
+    /// of the callback's entry time. Returns where the set ended, if it did.
+    pub fn render_f32(&mut self, output: &mut [f32], clock_ns: Option<u64>) -> Processed {
         let frames = output.len() / self.channels;
-        let start = self.begin(frames, None);
+        let start = self.begin(frames, clock_ns);
         let mut set_ended_at = None;
         let mut done = 0;
         for block in output.chunks_mut(MAX_BLOCK_FRAMES * self.channels) {

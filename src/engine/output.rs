@@ -249,7 +249,7 @@ trait DeviceSample: SizedSample + FromSample<f32> {
 
 impl DeviceSample for f32 {
     fn render(callback: &mut AudioCallback, data: &mut [f32]) {
-        callback.render_f32(data);
+        callback.render_f32(data, None);
     }
 }
 

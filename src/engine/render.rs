@@ -76,7 +76,9 @@ impl WavRender {
         } else {
             1.0
         };
-        let period_ns = (period as f64 * 1e9 / f64::from(settings.sample_rate) / speed) as u64;
+        // Period k is due at start + k × period_ns, computed from k each time so that no
+        // rounding of the period accumulates.
+        let period_ns = period as f64 * 1e9 / f64::from(settings.sample_rate) / speed;
         let timer = {
             let stop = stop.clone();
             let finished = finished.clone();
@@ -91,11 +93,16 @@ impl WavRender {
                         hook();
                     }
                     let mut buffer = vec![0.0f32; period * channels];
-                    let mut deadline = monotonic_ns();
+                    let start = monotonic_ns();
+                    let mut periods = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        deadline += period_ns;
+                        periods += 1;
+                        let deadline = start + (periods as f64 * period_ns) as u64;
                         sleep_until_ns(deadline);
-                        let processed = callback.render_f32(&mut buffer);
+                        // This "device" plays period k at its deadline: that, not the thread's
+                        // wake-up (late by the machine's scheduling latency, tens of µs, and
+                        // by whole stalls), is the time the audio clock maps its frame to.
+                        let processed = callback.render_f32(&mut buffer, Some(deadline));
                         let frames = match (stop_at_set_end, processed.set_ended_at) {
                             (true, Some(at)) => at,
                             _ => period,

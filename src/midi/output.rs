@@ -121,6 +121,13 @@ impl Outputs {
             });
             let (what, opener): (String, Option<Opener>) = match &config.target {
                 MidiTarget::Path(path) => {
+                    if let Some(filesystem) = fifo_on_disk(path) {
+                        tracing::warn!(
+                            "MIDI output `{}`: {} is a FIFO on a {filesystem} filesystem, which updates the FIFO's modification time on every write (on ext4 through its journal) and can hold the clock's write for milliseconds; make the FIFO on tmpfs (/run, /dev/shm) instead",
+                            config.name,
+                            path.display()
+                        );
+                    }
                     let path = path.clone();
                     (
                         path.display().to_string(),
@@ -265,6 +272,45 @@ pub fn rawmidi_node(name: &str) -> Option<std::path::PathBuf> {
     )))
 }
 
+/// The filesystem under `path` when `path` is a FIFO on a filesystem that is not held in
+/// memory. Writing to a FIFO updates its modification time; on tmpfs that is a store to
+/// memory, on a disk filesystem it dirties the inode, which on ext4 starts a journal handle
+/// that can wait for a commit. `cargo bench --bench fifo_write` measured it here: the same
+/// FIFO in `/tmp` (ext4) and in `/dev/shm` (tmpfs), 7.4 µs against 13.6 µs median, 3.3 ms
+/// against 0.16 ms worst write.
+pub fn fifo_on_disk(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    if !std::fs::metadata(path).ok()?.file_type().is_fifo() {
+        return None;
+    }
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs is plain data; c_path is NUL-terminated and statfs writes only `info`.
+    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut info) } != 0 {
+        return None;
+    }
+    filesystem_on_disk(info.f_type as i64)
+}
+
+/// The name of a filesystem type (`statfs`' `f_type`) that keeps inodes on a disk, or None
+/// for the memory-backed ones (tmpfs — also devtmpfs —, ramfs, pipefs).
+fn filesystem_on_disk(magic: i64) -> Option<String> {
+    const TMPFS: i64 = 0x0102_1994;
+    const RAMFS: i64 = 0x8584_58f6;
+    const PIPEFS: i64 = 0x5049_5045;
+    let name = match magic {
+        TMPFS | RAMFS | PIPEFS => return None,
+        0xEF53 => "ext4".to_string(),
+        0x5846_5342 => "XFS".to_string(),
+        0x9123_683E => "Btrfs".to_string(),
+        0x794C_7630 => "overlay".to_string(),
+        0x4d44 => "FAT".to_string(),
+        other => format!("disk (type {other:#x})"),
+    };
+    Some(name)
+}
+
 /// Opens a raw byte path for non-blocking writes; a terminal (serial UART, pty) is switched
 /// to raw mode so no byte is translated.
 fn open_raw(path: &Path) -> Result<i32, String> {
@@ -300,6 +346,28 @@ fn open_raw(path: &Path) -> Result<i32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_on_tmpfs_is_fine_and_disk_filesystems_are_named() {
+        assert_eq!(filesystem_on_disk(0x0102_1994), None, "tmpfs");
+        assert_eq!(filesystem_on_disk(0x8584_58f6), None, "ramfs");
+        assert_eq!(filesystem_on_disk(0xEF53).as_deref(), Some("ext4"));
+        assert_eq!(
+            filesystem_on_disk(0x1234).as_deref(),
+            Some("disk (type 0x1234)")
+        );
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            let fifo = shm.join(format!("backline-output-test-{}", std::process::id()));
+            let c_path = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+            // SAFETY: c_path is NUL-terminated.
+            assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+            assert_eq!(fifo_on_disk(&fifo), None, "a FIFO on tmpfs");
+            let _ = std::fs::remove_file(&fifo);
+        }
+        assert_eq!(fifo_on_disk(Path::new("/dev/null")), None, "not a FIFO");
+        assert_eq!(fifo_on_disk(Path::new("/nonexistent/midi")), None);
+    }
 
     #[test]
     fn rawmidi_names_map_to_device_nodes() {
