@@ -670,20 +670,29 @@ impl Player {
         }
     }
 
+    /// Auto-advance: when the queued song became current, queue the one after it.
+    fn queued_became_current(&mut self, id: u64) {
+        if self.queued == Some(id) {
+            self.current = Some(id);
+            self.queued = None;
+            if let Some(index) = self.prepared.get(&id).map(|i| i.index) {
+                self.queue_after(index);
+            }
+        }
+    }
+
     fn drain_events(&mut self) {
         while let Ok(event) = self.control.events.pop() {
             match event {
                 Event::Started { id } => {
                     self.summary.started += 1;
                     self.announce(id, "started");
-                    if self.queued == Some(id) {
-                        // Auto-advance: the queued song became current; queue the next one.
-                        self.current = Some(id);
-                        self.queued = None;
-                        if let Some(index) = self.prepared.get(&id).map(|i| i.index) {
-                            self.queue_after(index);
-                        }
-                    }
+                    self.queued_became_current(id);
+                }
+                Event::Cued { id } => {
+                    // A pause came while this song was on its way: it is current, paused.
+                    self.announce(id, "ready, paused");
+                    self.queued_became_current(id);
                 }
                 Event::Finished { id, frames } => {
                     self.summary.finished += 1;

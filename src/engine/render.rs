@@ -211,3 +211,61 @@ impl Drop for WavRender {
 pub fn wav_path(device: &str) -> Option<&Path> {
     device.strip_prefix("wav:").map(Path::new)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::transport::transport;
+    use crate::timing::AudioClock;
+
+    /// The render thread is the device: period k plays at start + k periods whatever its
+    /// wake-ups did, and that line is what the audio clock must map. (Fed the wake-ups, the
+    /// mapping wandered by tens of µs with the machine's scheduling latency, and the beat
+    /// clock with it.)
+    #[test]
+    fn the_audio_clock_follows_the_render_deadlines_not_the_wake_ups() {
+        const RATE: u32 = 48_000;
+        const PERIOD: u32 = 256;
+        let (transport, control) = transport();
+        let mut callback = AudioCallback::new(transport, control.status, 2, RATE, None, None);
+        let (writer, clock) = AudioClock::new(RATE);
+        callback.set_audio_clock(writer);
+        let dir =
+            std::env::temp_dir().join(format!("backline-render-deadlines-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let settings = RenderSettings {
+            path: dir.join("out.wav"),
+            channels: 2,
+            sample_rate: RATE,
+            period_frames: PERIOD,
+            stop_at_set_end: false,
+            speed: 1.0,
+            on_thread_start: None,
+        };
+        let render = WavRender::start(settings, callback).expect("render starts");
+        std::thread::sleep(Duration::from_millis(300));
+        let early = clock.mapping().expect("a mapping after 300 ms");
+        std::thread::sleep(Duration::from_millis(300));
+        let late = clock.mapping().expect("a mapping after 600 ms");
+        let _ = render.finish();
+        let _ = std::fs::remove_dir_all(&dir);
+        let period_ns = f64::from(PERIOD) * 1e9 / f64::from(RATE);
+        // The later mapping puts every period boundary exactly where the earlier one did
+        // (nothing was slewed away: there was no wake-up noise to follow) ...
+        for k in (0..200u64).step_by(7) {
+            let frame = k * u64::from(PERIOD);
+            let moved = late.time_of_frame(frame) as f64 - early.time_of_frame(frame) as f64;
+            assert!(
+                moved.abs() <= 1000.0,
+                "period {k} moved by {moved} ns between two readings"
+            );
+        }
+        // ... on a line at the nominal rate.
+        let span = late.time_of_frame(100 * u64::from(PERIOD)) - late.time_of_frame(0);
+        assert!(
+            (span as f64 - 100.0 * period_ns).abs() <= 1000.0,
+            "100 periods span {span} ns, expected {}",
+            100.0 * period_ns
+        );
+    }
+}

@@ -68,6 +68,12 @@ pub enum Event {
     },
     /// The last song ended and nothing was queued.
     SetEnded,
+    /// The song the control thread queued became current without playing: a pause came
+    /// while the transport was waiting for it. `Play` starts it.
+    Cued {
+        /// Preparation id.
+        id: u64,
+    },
 }
 
 /// Counters the callback publishes and anyone may read (atomics only).
@@ -121,6 +127,9 @@ pub struct Transport {
     end_set_now: bool,
     /// Frames of silence spent waiting; past [`MAX_QUEUE_WAIT_FRAMES`] the set ends anyway.
     waited_frames: usize,
+    /// A `Pause` came while `waiting_for_queue`: the next song arrives paused (current, not
+    /// playing); a `Play` before it arrives goes back to waiting.
+    cue_paused: bool,
     /// Frames of an outage that reached past the end of the song that ended: the next song
     /// starts that far in (`on_reconnect: resume`, the song goes on where it would have been).
     outage_carry: u64,
@@ -166,6 +175,7 @@ pub fn transport() -> (Transport, TransportControl) {
             anchor: None,
             awaiting_queue: false,
             waiting_for_queue: false,
+            cue_paused: false,
             end_set_now: false,
             waited_frames: 0,
             outage_carry: 0,
@@ -327,6 +337,7 @@ impl Transport {
                     self.outage_carry = 0;
                     self.waiting_for_queue = false;
                     self.awaiting_queue = false;
+                    self.cue_paused = false;
                     let id = song.id;
                     let old = self.current.replace(song);
                     self.discard(old);
@@ -346,6 +357,16 @@ impl Transport {
                         self.discard(old);
                         self.emit(Event::Started { id });
                         self.awaiting_queue = true;
+                    } else if self.cue_paused {
+                        // Paused on the way: it waits at its start (what an outage carried
+                        // past the last song's end is void: the player stopped anyway).
+                        self.cue_paused = false;
+                        self.outage_carry = 0;
+                        let id = song.id;
+                        let old = self.current.replace(song);
+                        self.discard(old);
+                        self.emit(Event::Cued { id });
+                        self.awaiting_queue = true;
                     } else {
                         let old = self.queued.replace(song);
                         self.discard(old);
@@ -354,8 +375,9 @@ impl Transport {
                 Command::Unqueue => {
                     self.outage_carry = 0;
                     self.awaiting_queue = false;
-                    if self.waiting_for_queue {
+                    if self.waiting_for_queue || self.cue_paused {
                         self.waiting_for_queue = false;
+                        self.cue_paused = false;
                         self.end_set_now = true;
                     }
                     let old = self.queued.take();
@@ -367,11 +389,16 @@ impl Transport {
                             self.playing = true;
                             let id = song.id;
                             self.emit(Event::Started { id });
+                        } else if self.cue_paused {
+                            // Un-paused before the next song arrived: it plays when it does.
+                            self.cue_paused = false;
+                            self.waiting_for_queue = true;
                         }
                     }
                 }
                 Command::Stop => {
                     self.outage_carry = 0;
+                    self.cue_paused = false;
                     self.waiting_for_queue = false;
                     self.awaiting_queue = false;
                     self.playing = false;
@@ -385,6 +412,11 @@ impl Transport {
                         self.playing = false;
                         let id = self.current.as_ref().map(|s| s.id);
                         self.emit(Event::Stopped { id });
+                    } else if self.waiting_for_queue {
+                        // The last song ended and the next is on its way: it arrives paused.
+                        self.waiting_for_queue = false;
+                        self.cue_paused = true;
+                        self.emit(Event::Stopped { id: None });
                     }
                 }
                 Command::Advance => {
@@ -520,6 +552,79 @@ mod tests {
             "{events:?}"
         );
         assert!(events.contains(&Event::Started { id: 2 }), "{events:?}");
+    }
+
+    fn events(control: &mut TransportControl) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Ok(event) = control.events.pop() {
+            events.push(event);
+        }
+        events
+    }
+
+    /// A transport whose only song ended while the control thread still owed the next one.
+    fn waiting_for_the_next_song() -> (Transport, TransportControl, PlanarBuffer) {
+        let (mut transport, mut control, mut output) =
+            playing(song(1, 1.0, 100), song(2, 10_001.0, 100), 50);
+        // Song 2 takes over at frame 100; the control thread has not queued song 3 yet.
+        transport.process(&mut output, 200);
+        assert_eq!(control.status.current_id.load(Ordering::Relaxed), 0);
+        events(&mut control);
+        (transport, control, output)
+    }
+
+    #[test]
+    fn a_pause_while_the_next_song_is_on_its_way_holds_it_at_its_start() {
+        let (mut transport, mut control, mut output) = waiting_for_the_next_song();
+        push(&mut control, Command::Pause);
+        transport.process(&mut output, 100);
+        assert_eq!(events(&mut control), vec![Event::Stopped { id: None }]);
+        push(&mut control, Command::Queue(song(3, 20_001.0, 100)));
+        transport.process(&mut output, 100);
+        assert_eq!(events(&mut control), vec![Event::Cued { id: 3 }]);
+        assert_eq!(output.channel(0, 0, 1)[0], 0.0, "paused: silence");
+        assert_eq!(control.status.current_id.load(Ordering::Relaxed), 3);
+        assert_eq!(control.status.position.load(Ordering::Relaxed), 0);
+        push(&mut control, Command::Play);
+        transport.process(&mut output, 10);
+        assert_eq!(
+            output.channel(0, 0, 1)[0],
+            20_001.0,
+            "Play starts it at its start"
+        );
+        assert_eq!(events(&mut control), vec![Event::Started { id: 3 }]);
+    }
+
+    #[test]
+    fn play_before_the_paused_next_song_arrives_goes_back_to_waiting_for_it() {
+        let (mut transport, mut control, mut output) = waiting_for_the_next_song();
+        push(&mut control, Command::Pause);
+        push(&mut control, Command::Play);
+        transport.process(&mut output, 100);
+        push(&mut control, Command::Queue(song(3, 20_001.0, 100)));
+        transport.process(&mut output, 10);
+        assert_eq!(
+            output.channel(0, 0, 1)[0],
+            20_001.0,
+            "it plays as it arrives"
+        );
+        assert_eq!(
+            events(&mut control),
+            vec![Event::Stopped { id: None }, Event::Started { id: 3 }]
+        );
+    }
+
+    #[test]
+    fn an_unqueue_while_paused_on_the_way_ends_the_set() {
+        let (mut transport, mut control, mut output) = waiting_for_the_next_song();
+        push(&mut control, Command::Pause);
+        push(&mut control, Command::Unqueue);
+        let processed = transport.process(&mut output, 100);
+        assert_eq!(processed.set_ended_at, Some(0));
+        assert_eq!(
+            events(&mut control),
+            vec![Event::Stopped { id: None }, Event::SetEnded]
+        );
     }
 
     #[test]
