@@ -168,6 +168,7 @@ fn clock_thread_never_allocates() {
     let settings = ClockSettings {
         sample_rate: 48_000,
         spin_us: 100,
+        spin_max_us: 2000,
         rt: RtSettings::default(),
         probe: rt::probe().summary(),
         persist_tempo: true,

@@ -196,11 +196,17 @@ pub fn read_fifo(fd: std::os::fd::RawFd, mode: ReaderMode, mut arrived: impl FnM
 }
 
 /// The beat clock's waiting pattern with nothing else around it: a SCHED_FIFO 80 thread that
-/// sleeps until `spin_ns` before each of `seconds` × (1 s / `period_ns`) absolute deadlines,
+/// sleeps until the spin window before each of `seconds` × (1 s / `period_ns`) absolute
+/// deadlines (the clock's adaptive window, `SpinWindow`, from `spin_ns` up to `spin_max_ns`),
 /// spins to the deadline and records how late it got there (no write, no audio clock, no
 /// other thread). What is left is the machine: the tail a perfect clock would have here.
 /// Lateness in µs, sorted; `None` when SCHED_FIFO was not granted.
-pub fn sleep_and_spin(seconds: u64, period_ns: u64, spin_ns: u64) -> Option<Vec<f64>> {
+pub fn sleep_and_spin(
+    seconds: u64,
+    period_ns: u64,
+    spin_ns: u64,
+    spin_max_ns: u64,
+) -> Option<Vec<f64>> {
     std::thread::spawn(move || {
         let param = libc::sched_param { sched_priority: 80 };
         // SAFETY: param is a valid sched_param; pid 0 is the calling thread.
@@ -208,11 +214,15 @@ pub fn sleep_and_spin(seconds: u64, period_ns: u64, spin_ns: u64) -> Option<Vec<
             return None;
         }
         backline::rt::prefault_stack();
+        let mut window = backline::timing::SpinWindow::new(spin_ns, spin_max_ns);
         let count = seconds * 1_000_000_000 / period_ns;
         let mut lateness = Vec::with_capacity(count as usize);
         let mut deadline = now_ns() + period_ns;
         for _ in 0..count {
-            backline::timing::sleep_until_ns(deadline - spin_ns);
+            let target = deadline - window.window_ns();
+            backline::timing::sleep_until_ns(target);
+            let woke = now_ns();
+            window.observe(woke, woke.saturating_sub(target));
             while now_ns() < deadline {
                 std::hint::spin_loop();
             }

@@ -551,6 +551,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
         let settings = ClockSettings {
             sample_rate: rate,
             spin_us: show.config.realtime.spin_us,
+            spin_max_us: show.config.realtime.spin_max_us,
             rt: settings,
             probe,
             persist_tempo: show.config.midi.persist_tempo,

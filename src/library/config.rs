@@ -200,6 +200,10 @@ pub struct RealtimeConfig {
     /// (the higher priority) delays the audio callback by up to this long before each
     /// deadline: keep it well under the audio period there.
     pub spin_us: u32,
+    /// Widest the spin window may grow, in microseconds: the clock widens it to its latest
+    /// wake-up + 100 µs when wake-ups come later than the window, and narrows it back with a
+    /// half-life of a minute (`timing::SpinWindow`). Equal to `spin_us` turns that off.
+    pub spin_max_us: u32,
     /// CPUs the RT threads are pinned to (empty = any).
     pub cpus: Vec<usize>,
 }
@@ -211,6 +215,7 @@ impl Default for RealtimeConfig {
             audio_priority: 70,
             clock_priority: 80,
             spin_us: 400,
+            spin_max_us: 2000,
             cpus: Vec::new(),
         }
     }
@@ -321,6 +326,8 @@ struct RawRealtime {
     clock_priority: Option<u8>,
     #[serde(default)]
     spin_us: Option<u32>,
+    #[serde(default)]
+    spin_max_us: Option<u32>,
     #[serde(default)]
     cpus: Vec<usize>,
 }
@@ -451,6 +458,11 @@ impl Config {
                 audio_priority: r.audio_priority.unwrap_or(rt_defaults.audio_priority),
                 clock_priority: r.clock_priority.unwrap_or(rt_defaults.clock_priority),
                 spin_us: r.spin_us.unwrap_or(rt_defaults.spin_us),
+                spin_max_us: r.spin_max_us.unwrap_or(
+                    rt_defaults
+                        .spin_max_us
+                        .max(r.spin_us.unwrap_or(0).min(5_000)),
+                ),
                 cpus: r.cpus,
             },
         };
@@ -465,6 +477,25 @@ impl Config {
                     format!("{key} {priority} is out of range: expected a SCHED_FIFO priority from 1 to 99"),
                 ));
             }
+        }
+        if realtime.spin_max_us > 5_000 {
+            errors.push(at(
+                "spin_max_us",
+                None,
+                format!(
+                    "spin_max_us {} is too long: expected 0 to 5000 microseconds",
+                    realtime.spin_max_us
+                ),
+            ));
+        } else if realtime.spin_max_us < realtime.spin_us {
+            errors.push(at(
+                "spin_max_us",
+                None,
+                format!(
+                    "spin_max_us {} is below spin_us {}: expected at least spin_us (equal keeps the window fixed)",
+                    realtime.spin_max_us, realtime.spin_us
+                ),
+            ));
         }
         if realtime.spin_us > 5_000 {
             errors.push(at(
@@ -761,6 +792,35 @@ mod tests {
         assert!(output.clock && output.midi_file);
         assert_eq!(output.offset_ms, -5.0);
         assert!(config.midi.control.as_ref().and_then(|c| c.next).is_some());
+    }
+
+    #[test]
+    fn the_spin_window_may_widen_up_to_spin_max_us() {
+        let parse = |text: &str| Config::parse(Path::new("b.yaml"), text);
+        let default = parse("songs: s\n").expect("default");
+        assert_eq!(
+            (default.realtime.spin_us, default.realtime.spin_max_us),
+            (400, 2000)
+        );
+        let wide = parse("realtime:\n  spin_us: 3000\n").expect("wide floor");
+        assert_eq!(
+            wide.realtime.spin_max_us, 3000,
+            "the ceiling follows a higher floor"
+        );
+        let fixed = parse("realtime:\n  spin_us: 150\n  spin_max_us: 150\n").expect("fixed");
+        assert_eq!(fixed.realtime.spin_max_us, 150);
+        let errors = parse("realtime:\n  spin_us: 500\n  spin_max_us: 300\n").expect_err("below");
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with("b.yaml:3:")
+                && t.contains("spin_max_us 300 is below spin_us 500")),
+            "{text:?}"
+        );
+        let errors = parse("realtime:\n  spin_max_us: 9000\n").expect_err("too long");
+        assert!(
+            errors[0].to_string().contains("expected 0 to 5000"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::engine::callback::monotonic_ns;
 use crate::rt::{self, ProbeSummary, Role, RtSettings};
 use crate::stats::{Metric, SampleSender};
 use crate::timing::anchor::AnchorReader;
-use crate::timing::{sleep_until_ns, AudioClock, TempoMap};
+use crate::timing::{sleep_until_ns, AudioClock, SpinWindow, TempoMap};
 
 /// MIDI real-time and system common bytes.
 pub const TIMING_CLOCK: u8 = 0xF8;
@@ -71,8 +71,10 @@ pub enum ClockCommand {
 pub struct ClockSettings {
     /// Device frames per second.
     pub sample_rate: u32,
-    /// Busy-wait window before each deadline, in µs (0 = sleep only).
+    /// Shortest busy-wait window before each deadline, in µs (0 = sleep only).
     pub spin_us: u32,
+    /// Widest the window may grow when wake-ups come late, in µs (see `SpinWindow`).
+    pub spin_max_us: u32,
     /// Real-time settings for the promotion.
     pub rt: RtSettings,
     /// What the probe found, for the promotion.
@@ -89,6 +91,8 @@ pub struct ClockThread {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     heartbeat: Arc<AtomicU64>,
+    spin_report: Arc<AtomicU64>,
+    spin_floor_us: u32,
 }
 
 /// Where one lane is in the current song.
@@ -134,6 +138,14 @@ struct Clock {
     stats: SampleSender,
     settings: ClockSettings,
     heartbeat: Arc<AtomicU64>,
+    spin: SpinWindow,
+    /// The widest spin window so far and the latest wake-up, µs (`SpinReport` packed).
+    spin_report: Arc<AtomicU64>,
+}
+
+/// What the spin window did, for the log line at the end.
+fn pack_spin_report(widest_us: u64, latest_wake_us: u64) -> u64 {
+    (widest_us.min(u64::from(u32::MAX)) << 32) | latest_wake_us.min(u64::from(u32::MAX))
 }
 
 impl ClockThread {
@@ -152,6 +164,7 @@ impl ClockThread {
         let (trash_tx, trash_rx) = rtrb::RingBuffer::new(64);
         let stop = Arc::new(AtomicBool::new(false));
         let heartbeat = Arc::new(AtomicU64::new(0));
+        let spin_report = Arc::new(AtomicU64::new(0));
         let mut clock = Clock {
             outputs,
             jack,
@@ -167,6 +180,11 @@ impl ClockThread {
             stats,
             settings,
             heartbeat: heartbeat.clone(),
+            spin: SpinWindow::new(
+                u64::from(settings.spin_us) * 1000,
+                u64::from(settings.spin_max_us) * 1000,
+            ),
+            spin_report: spin_report.clone(),
         };
         let handle = {
             let stop = stop.clone();
@@ -189,6 +207,8 @@ impl ClockThread {
                 stop,
                 handle: Some(handle),
                 heartbeat,
+                spin_report,
+                spin_floor_us: settings.spin_us,
             },
             trash_rx,
         ))
@@ -200,9 +220,18 @@ impl ClockThread {
         self.heartbeat.clone()
     }
 
-    /// Stops the thread after it sends Stop and All Notes Off.
+    /// Stops the thread after it sends Stop and All Notes Off, and says how far its spin
+    /// window had to widen.
     pub fn finish(mut self) {
         self.shutdown();
+        let report = self.spin_report.load(Ordering::Relaxed);
+        let (widest_us, latest_wake_us) = (report >> 32, report & u64::from(u32::MAX));
+        if widest_us > u64::from(self.spin_floor_us) {
+            tracing::info!(
+                "beat clock: wake-ups came up to {latest_wake_us} µs late, so the spin window widened from {} to at most {widest_us} µs (realtime.spin_max_us)",
+                self.spin_floor_us
+            );
+        }
     }
 
     fn shutdown(&mut self) {
@@ -230,16 +259,20 @@ impl Clock {
             let now = monotonic_ns();
             self.pump_jack(now);
             let Some((deadline, is_tick)) = self.next_deadline() else {
-                sleep_until_ns(now + MAX_SLEEP_NS);
+                self.sleep_until(now + MAX_SLEEP_NS);
                 continue;
             };
             if deadline > now + MAX_SLEEP_NS {
                 // Far away: sleep a slice and look at the anchor again.
-                sleep_until_ns((deadline - self.spin_ns()).min(now + MAX_SLEEP_NS));
+                self.sleep_until(
+                    deadline
+                        .saturating_sub(self.spin_ns())
+                        .min(now + MAX_SLEEP_NS),
+                );
                 continue;
             }
             if deadline > now + self.spin_ns() {
-                sleep_until_ns(deadline - self.spin_ns());
+                self.sleep_until(deadline - self.spin_ns());
             }
             while monotonic_ns() < deadline {
                 std::hint::spin_loop();
@@ -253,7 +286,25 @@ impl Clock {
     }
 
     fn spin_ns(&self) -> u64 {
-        u64::from(self.settings.spin_us) * 1000
+        self.spin.window_ns()
+    }
+
+    /// Sleeps until `target` and lets the spin window learn how late the wake-up came.
+    fn sleep_until(&mut self, target: u64) {
+        sleep_until_ns(target);
+        let now = monotonic_ns();
+        let widest = self.spin.widest_ns();
+        let latest = self.spin.latest_wake_ns();
+        self.spin.observe(now, now.saturating_sub(target));
+        if self.spin.widest_ns() != widest || self.spin.latest_wake_ns() != latest {
+            self.spin_report.store(
+                pack_spin_report(
+                    self.spin.widest_ns() / 1000,
+                    self.spin.latest_wake_ns() / 1000,
+                ),
+                Ordering::Relaxed,
+            );
+        }
     }
 
     fn handle_commands(&mut self) {

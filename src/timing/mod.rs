@@ -5,8 +5,10 @@
 
 pub mod anchor;
 pub mod audio_clock;
+pub mod spin_window;
 
 pub use audio_clock::{AudioClock, AudioClockWriter, ClockMapping};
+pub use spin_window::SpinWindow;
 
 use crate::library::{TempoSpec, TimeSignature};
 
