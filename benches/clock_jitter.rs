@@ -20,8 +20,9 @@
 //! the interval fitted to the run — see `arrival_lateness` — and t0 the 0.1th percentile of the
 //! arrivals after removing the grid): it is the jitter a device sees. "early" counts ticks
 //! that arrived more than 100 µs before the median arrival. "rate ppm" is the fitted interval's
-//! difference from the nominal 8.333 ms. Drift: the last tick's offset from the nominal grid
-//! placed on the first second.
+//! difference from the nominal 8.333 ms. Drift: the last second's median offset from the
+//! nominal grid placed on the first second's (a tick late by a stall at the very end is
+//! jitter, not drift); "last": the last tick's own offset from that grid.
 //!
 //! Sandbox cost (seccomp filters every syscall): SCHED_FIFO loaded runs alternate with and
 //! without `--no-sandbox` (plus a second sandbox-off run per round, for the noise between
@@ -101,6 +102,8 @@ struct Row {
     self_max: f64,
     arrival: [f64; 4],
     drift_us: f64,
+    /// The last tick's offset from the nominal grid of the first second, µs.
+    last_tick_us: f64,
     /// The fitted tick rate's difference from the nominal one, in parts per million.
     rate_ppm: f64,
     /// Arrivals more than `EARLY_US` before the grid.
@@ -231,13 +234,21 @@ fn run_condition(
         .map(|(n, t)| t - n as f64 * interval)
         .collect();
     let (mut lateness, rate_ppm, early_ticks) = arrival_lateness(&offsets, interval);
-    // Drift: the nominal grid placed on the first second (median offset) against the last tick.
-    let first_second = (1e9 / interval) as usize;
-    let mut early: Vec<f64> = offsets.iter().take(first_second).copied().collect();
-    early.sort_by(f64::total_cmp);
-    let drift_us = offsets
+    // Drift: the nominal grid placed on the first second (median offset) against the last
+    // second (median offset): where the last ticks sit against their ideal times. Medians, so
+    // that one tick late by a stall at the very end (jitter, counted above) is not taken for
+    // drift; the last tick's own offset is printed as "last".
+    let second = (1e9 / interval) as usize;
+    let median_of = |ticks: &[f64]| {
+        let mut sorted = ticks.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        percentile(&sorted, 0.5)
+    };
+    let first = median_of(&offsets[..second.min(offsets.len())]);
+    let drift_us = (median_of(&offsets[offsets.len().saturating_sub(second)..]) - first) / 1000.0;
+    let last_tick_us = offsets
         .last()
-        .map_or(f64::NAN, |last| (last - percentile(&early, 0.5)) / 1000.0);
+        .map_or(f64::NAN, |last| (last - first) / 1000.0);
     lateness.sort_by(f64::total_cmp);
     Some(Row {
         self_p50: us("p50_ns"),
@@ -251,6 +262,7 @@ fn run_condition(
             lateness.last().copied().unwrap_or(f64::NAN),
         ],
         drift_us,
+        last_tick_us,
         rate_ppm,
         early_ticks,
         ticks: times.len(),
@@ -450,7 +462,7 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
         reader_mode()
     );
     println!(
-        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} {:>7} | {:>9} {:>8} {:>5} | {:>10}",
+        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} {:>7} | {:>9} {:>9} {:>8} {:>5} | {:>10}",
         "condition",
         "ticks",
         "self50",
@@ -463,6 +475,7 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
         "arrmax",
         "inexact",
         "drift",
+        "last",
         "rate ppm",
         "early",
         "p99/floor"
@@ -496,8 +509,8 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
             Some(r) => {
                 let ratio = floor.map_or("-".to_string(), |f| format!("{:.2}×", r.self_p99 / f[1]));
                 println!(
-                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} | {:>9.1} {:>8.3} {:>5} | {:>10}",
-                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.inexact_stamps, r.drift_us, r.rate_ppm, r.early_ticks, ratio
+                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} | {:>9.1} {:>9.1} {:>8.3} {:>5} | {:>10}",
+                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.inexact_stamps, r.drift_us, r.last_tick_us, r.rate_ppm, r.early_ticks, ratio
                 );
             }
             None => println!("{name:<26} failed"),
