@@ -192,7 +192,17 @@ fn run_condition(
     }
     let status = command.output().ok()?;
     drop(load);
-    let _ = reader.wait();
+    // The reader ends when backline closes the FIFO; if backline never opened it, the reader
+    // still waits in open(2): give it a moment, then end it.
+    let waited = std::time::Instant::now();
+    while matches!(reader.try_wait(), Ok(None)) {
+        if waited.elapsed() > std::time::Duration::from_secs(5) {
+            let _ = reader.kill();
+            let _ = reader.wait();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     if !status.status.success() {
         eprintln!(
             "backline failed: {}",

@@ -393,6 +393,7 @@ impl Transport {
                             // Un-paused before the next song arrived: it plays when it does.
                             self.cue_paused = false;
                             self.waiting_for_queue = true;
+                            self.waited_frames = 0;
                         }
                     }
                 }

@@ -202,10 +202,23 @@ pub struct RealtimeConfig {
     pub spin_us: u32,
     /// Widest the spin window may grow, in microseconds: the clock widens it to its latest
     /// wake-up + 100 µs when wake-ups come later than the window, and narrows it back with a
-    /// half-life of a minute (`timing::SpinWindow`). Equal to `spin_us` turns that off.
+    /// half-life of a minute (`timing::SpinWindow`). Equal to `spin_us` turns that off; by
+    /// default it is off for `spin_us: 0` (sleep only) and for RT threads pinned to one CPU
+    /// (`cpus: [n]`), where the spin would delay the audio callback by as long.
     pub spin_max_us: u32,
     /// CPUs the RT threads are pinned to (empty = any).
     pub cpus: Vec<usize>,
+}
+
+/// `spin_max_us` when the config does not say: `spin_us` 0 (sleep only) and RT threads pinned
+/// to one CPU (where the clock's spin delays the audio callback by as long) keep the window
+/// fixed; otherwise it may widen to `default_max` (or `spin_us`, if that is wider).
+fn default_spin_max_us(spin_us: u32, cpus: &[usize], default_max: u32) -> u32 {
+    if spin_us == 0 || cpus.len() == 1 {
+        spin_us
+    } else {
+        default_max.max(spin_us)
+    }
 }
 
 impl Default for RealtimeConfig {
@@ -451,6 +464,10 @@ impl Config {
             }
         }
         let rt_defaults = RealtimeConfig::default();
+        let spin_max_given = raw
+            .realtime
+            .as_ref()
+            .is_some_and(|r| r.spin_max_us.is_some());
         let realtime = match raw.realtime {
             None => rt_defaults,
             Some(r) => RealtimeConfig {
@@ -458,11 +475,13 @@ impl Config {
                 audio_priority: r.audio_priority.unwrap_or(rt_defaults.audio_priority),
                 clock_priority: r.clock_priority.unwrap_or(rt_defaults.clock_priority),
                 spin_us: r.spin_us.unwrap_or(rt_defaults.spin_us),
-                spin_max_us: r.spin_max_us.unwrap_or(
-                    rt_defaults
-                        .spin_max_us
-                        .max(r.spin_us.unwrap_or(0).min(5_000)),
-                ),
+                spin_max_us: r.spin_max_us.unwrap_or_else(|| {
+                    default_spin_max_us(
+                        r.spin_us.unwrap_or(rt_defaults.spin_us),
+                        &r.cpus,
+                        rt_defaults.spin_max_us,
+                    )
+                }),
                 cpus: r.cpus,
             },
         };
@@ -478,7 +497,9 @@ impl Config {
                 ));
             }
         }
-        if realtime.spin_max_us > 5_000 {
+        if !spin_max_given {
+            // Derived from spin_us: only spin_us's own check below applies.
+        } else if realtime.spin_max_us > 5_000 {
             errors.push(at(
                 "spin_max_us",
                 None,
@@ -807,6 +828,19 @@ mod tests {
             wide.realtime.spin_max_us, 3000,
             "the ceiling follows a higher floor"
         );
+        let sleep_only = parse("realtime:\n  spin_us: 0\n").expect("sleep only");
+        assert_eq!(
+            sleep_only.realtime.spin_max_us, 0,
+            "spin_us 0 still sleeps only"
+        );
+        let pinned = parse("realtime:\n  cpus: [1]\n").expect("one CPU");
+        assert_eq!(
+            pinned.realtime.spin_max_us, 400,
+            "one CPU shared with the audio: fixed"
+        );
+        let errors = parse("realtime:\n  spin_us: 9000\n").expect_err("too long");
+        assert_eq!(errors.len(), 1, "only the key the user wrote: {errors:?}");
+        assert!(errors[0].to_string().contains("spin_us 9000"), "{errors:?}");
         let fixed = parse("realtime:\n  spin_us: 150\n  spin_max_us: 150\n").expect("fixed");
         assert_eq!(fixed.realtime.spin_max_us, 150);
         let errors = parse("realtime:\n  spin_us: 500\n  spin_max_us: 300\n").expect_err("below");

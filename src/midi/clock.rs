@@ -289,8 +289,12 @@ impl Clock {
         self.spin.window_ns()
     }
 
-    /// Sleeps until `target` and lets the spin window learn how late the wake-up came.
+    /// Sleeps until `target` and lets the spin window learn how late the wake-up came (a
+    /// target already past is no sleep, and says nothing about wake-ups).
     fn sleep_until(&mut self, target: u64) {
+        if target <= monotonic_ns() {
+            return;
+        }
         sleep_until_ns(target);
         let now = monotonic_ns();
         let widest = self.spin.widest_ns();

@@ -290,7 +290,8 @@ pub fn fifo_on_disk(path: &Path) -> Option<String> {
     if unsafe { libc::statfs(c_path.as_ptr(), &mut info) } != 0 {
         return None;
     }
-    filesystem_on_disk(info.f_type as i64)
+    // f_type is 32 bits wide on 32-bit targets: no sign extension of the magic numbers.
+    filesystem_on_disk(i64::from(info.f_type as u32))
 }
 
 /// The name of a filesystem type (`statfs`' `f_type`) that keeps inodes on a disk, or None
@@ -301,7 +302,7 @@ fn filesystem_on_disk(magic: i64) -> Option<String> {
     const PIPEFS: i64 = 0x5049_5045;
     let name = match magic {
         TMPFS | RAMFS | PIPEFS => return None,
-        0xEF53 => "ext4".to_string(),
+        0xEF53 => "ext2/3/4".to_string(),
         0x5846_5342 => "XFS".to_string(),
         0x9123_683E => "Btrfs".to_string(),
         0x794C_7630 => "overlay".to_string(),
@@ -351,7 +352,7 @@ mod tests {
     fn a_fifo_on_tmpfs_is_fine_and_disk_filesystems_are_named() {
         assert_eq!(filesystem_on_disk(0x0102_1994), None, "tmpfs");
         assert_eq!(filesystem_on_disk(0x8584_58f6), None, "ramfs");
-        assert_eq!(filesystem_on_disk(0xEF53).as_deref(), Some("ext4"));
+        assert_eq!(filesystem_on_disk(0xEF53).as_deref(), Some("ext2/3/4"));
         assert_eq!(
             filesystem_on_disk(0x1234).as_deref(),
             Some("disk (type 0x1234)")
