@@ -112,7 +112,8 @@ pub enum ReaderMode {
 }
 
 /// How long before a tick is due the polling reader starts to poll: more than the clock's
-/// lateness almost always is, so a byte is rarely already waiting when polling starts.
+/// lateness almost always is, so a byte is rarely already waiting when polling starts
+/// (after an inexact stamp the window doubles until a stamp is exact again).
 pub const POLL_WINDOW_NS: u64 = 1_000_000;
 
 /// After this many tick intervals with nothing to read, the polling reader blocks in
@@ -152,13 +153,14 @@ pub fn read_fifo(fd: std::os::fd::RawFd, mode: ReaderMode, mut arrived: impl FnM
     };
     // SAFETY: F_SETFL with O_NONBLOCK changes only this descriptor's flags.
     unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
-    // The next tick is expected one interval after the last exact stamp for every byte since:
-    // an inexact (late) stamp must not push the next polling window later too.
-    let mut last_exact: Option<(u64, u64)> = None;
+    // The next tick is expected one interval after the last stamp. An inexact stamp may be
+    // late, so after one the window doubles (up to half an interval) until a stamp is exact
+    // again: a late stamp cannot leave the reader waking after every tick from then on.
+    let mut last: Option<u64> = None;
+    let mut window_ns = POLL_WINDOW_NS;
     loop {
-        if let Some((at, bytes_since)) = last_exact {
-            let expected = at + (bytes_since + 1) * interval_ns;
-            backline::timing::sleep_until_ns(expected.saturating_sub(POLL_WINDOW_NS));
+        if let Some(last) = last {
+            backline::timing::sleep_until_ns((last + interval_ns).saturating_sub(window_ns));
         }
         let mut polling_since = now_ns();
         let mut first_look = true;
@@ -173,11 +175,12 @@ pub fn read_fifo(fd: std::os::fd::RawFd, mode: ReaderMode, mut arrived: impl FnM
                     bytes: &buffer[..n as usize],
                     inexact,
                 });
-                last_exact = match (inexact, last_exact) {
-                    (false, _) | (true, None) => Some((time_ns, 0)),
-                    // One byte per tick (what the clock bench reads).
-                    (true, Some((at, bytes_since))) => Some((at, bytes_since + n as u64)),
+                window_ns = if inexact {
+                    (window_ns * 2).min(interval_ns / 2)
+                } else {
+                    POLL_WINDOW_NS
                 };
+                last = Some(time_ns);
                 break;
             }
             let would_block =
