@@ -541,10 +541,7 @@ mod tests {
         );
         assert_eq!(control.status.current_id.load(Ordering::Relaxed), 2);
         assert_eq!(control.status.position.load(Ordering::Relaxed), 400);
-        let mut events = Vec::new();
-        while let Ok(event) = control.events.pop() {
-            events.push(event);
-        }
+        let events = events(&mut control);
         assert!(
             events.contains(&Event::Finished {
                 id: 1,

@@ -497,9 +497,8 @@ impl Config {
                 ));
             }
         }
-        if !spin_max_given {
-            // Derived from spin_us: only spin_us's own check below applies.
-        } else if realtime.spin_max_us > 5_000 {
+        // A derived spin_max_us (not written by the user) has only spin_us's own check below.
+        if spin_max_given && realtime.spin_max_us > 5_000 {
             errors.push(at(
                 "spin_max_us",
                 None,
@@ -508,7 +507,7 @@ impl Config {
                     realtime.spin_max_us
                 ),
             ));
-        } else if realtime.spin_max_us < realtime.spin_us {
+        } else if spin_max_given && realtime.spin_max_us < realtime.spin_us {
             errors.push(at(
                 "spin_max_us",
                 None,

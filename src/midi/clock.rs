@@ -139,7 +139,7 @@ struct Clock {
     settings: ClockSettings,
     heartbeat: Arc<AtomicU64>,
     spin: SpinWindow,
-    /// The widest spin window so far and the latest wake-up, µs (`SpinReport` packed).
+    /// The widest spin window so far and the latest wake-up, µs (`pack_spin_report`).
     spin_report: Arc<AtomicU64>,
 }
 
