@@ -22,7 +22,9 @@
 //! that arrived more than 100 µs before the median arrival. "rate ppm" is the fitted interval's
 //! difference from the nominal 8.333 ms. Drift: the last second's median offset from the
 //! nominal grid placed on the first second's (a tick late by a stall at the very end is
-//! jitter, not drift); "last": the last tick's own offset from that grid.
+//! jitter, not drift); "last": the last tick's own offset from that grid. "spin%": the share
+//! of one core the clock spent busy-waiting before its deadlines (its adaptive spin window's
+//! cost, from backline's end-of-run log line).
 //!
 //! Sandbox cost (seccomp filters every syscall): SCHED_FIFO loaded runs alternate with and
 //! without `--no-sandbox` (plus a second sandbox-off run per round, for the noise between
@@ -115,6 +117,9 @@ struct Row {
     /// p99 of the audio callback's time in µs and the nominal period in µs.
     callback_p99: f64,
     period_us: f64,
+    /// Share of one core the clock spent busy-waiting before deadlines, % (backline's own
+    /// end-of-run log line).
+    spin_share: f64,
 }
 
 /// `only_sys_nice`: run backline through setpriv with CAP_SYS_NICE as its only capability
@@ -171,8 +176,9 @@ fn run_condition(
     };
     command
         .args([
+            // Info for the clock's end-of-run line on its busy-waiting (`spin_share`).
             "--log-level",
-            "error",
+            "info",
             "rehearse",
             "--clock-only",
             "--bpm",
@@ -210,6 +216,7 @@ fn run_condition(
         );
         return None;
     }
+    let spin_share = busy_wait_share(&String::from_utf8_lossy(&status.stderr));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).ok()?).ok()?;
     let clock = &json["overall"]["clock_lateness"];
@@ -279,7 +286,19 @@ fn run_condition(
         inexact_stamps,
         callback_p99,
         period_us,
+        spin_share,
     })
+}
+
+/// The share of one core from backline's "busy-waiting before deadlines took X % of one
+/// core" log line, or NaN without one.
+fn busy_wait_share(log: &str) -> f64 {
+    log.lines()
+        .find_map(|line| {
+            let (_, after) = line.split_once("busy-waiting before deadlines took ")?;
+            after.split_once(" %")?.0.parse().ok()
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// Where the bench makes its FIFO: tmpfs (`/dev/shm`) when the machine has it. A FIFO on a
@@ -472,7 +491,7 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
         reader_mode()
     );
     println!(
-        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} {:>7} | {:>9} {:>9} {:>8} {:>5} | {:>10}",
+        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} {:>7} | {:>9} {:>9} {:>8} {:>5} | {:>10} {:>6}",
         "condition",
         "ticks",
         "self50",
@@ -488,7 +507,8 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
         "last",
         "rate ppm",
         "early",
-        "p99/floor"
+        "p99/floor",
+        "spin%"
     );
     let (floor, spinner) = {
         let _load = common::Load::start(true);
@@ -519,8 +539,8 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
             Some(r) => {
                 let ratio = floor.map_or("-".to_string(), |f| format!("{:.2}×", r.self_p99 / f[1]));
                 println!(
-                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} | {:>9.1} {:>9.1} {:>8.3} {:>5} | {:>10}",
-                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.inexact_stamps, r.drift_us, r.last_tick_us, r.rate_ppm, r.early_ticks, ratio
+                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} | {:>9.1} {:>9.1} {:>8.3} {:>5} | {:>10} {:>6.1}",
+                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.inexact_stamps, r.drift_us, r.last_tick_us, r.rate_ppm, r.early_ticks, ratio, r.spin_share
                 );
             }
             None => println!("{name:<26} failed"),

@@ -22,6 +22,10 @@ fifo="$(cd "$fifo_dir" && pwd)/backline-example-$(id -u).fifo"
 [ -p "$fifo" ] || mkfifo "$fifo"
 ln -sfn "$fifo" example-out/midi.fifo
 (cat example-out/midi.fifo > example-out/midi.raw) &
+# Open the FIFO for writing here too: that waits until `cat` has it open (so backline never
+# starts before its reader and drops the first bytes), and the descriptor, inherited by
+# backline, keeps `cat` from seeing end-of-file until backline exits.
+exec 4>"$fifo"
 
 # `rehearse` plays like `play` and ends with the jitter report per song, plus JSON and SVG.
 report=(--report example-out/report.json --plot example-out/jitter.svg)

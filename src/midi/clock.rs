@@ -92,7 +92,10 @@ pub struct ClockThread {
     handle: Option<JoinHandle<()>>,
     heartbeat: Arc<AtomicU64>,
     spin_report: Arc<AtomicU64>,
+    /// Time the loop has spent busy-waiting before deadlines, ns.
+    spun_ns: Arc<AtomicU64>,
     spin_floor_us: u32,
+    started: std::time::Instant,
 }
 
 /// Where one lane is in the current song.
@@ -141,6 +144,22 @@ struct Clock {
     spin: SpinWindow,
     /// The widest spin window so far and the latest wake-up, µs (`pack_spin_report`).
     spin_report: Arc<AtomicU64>,
+    /// Busy-wait time so far, ns (one writer: this loop).
+    spun_ns: Arc<AtomicU64>,
+}
+
+/// The busy-waiting's cost in words: `spun_ns` of spinning over `elapsed_ns` of running.
+fn busy_wait_share(spun_ns: u64, elapsed_ns: u128) -> String {
+    let share = if elapsed_ns == 0 {
+        0.0
+    } else {
+        spun_ns as f64 / elapsed_ns as f64 * 100.0
+    };
+    format!(
+        "busy-waiting before deadlines took {share:.1} % of one core ({:.1} s in {:.1} s)",
+        spun_ns as f64 / 1e9,
+        elapsed_ns as f64 / 1e9
+    )
 }
 
 /// What the spin window did, for the log line at the end.
@@ -165,6 +184,7 @@ impl ClockThread {
         let stop = Arc::new(AtomicBool::new(false));
         let heartbeat = Arc::new(AtomicU64::new(0));
         let spin_report = Arc::new(AtomicU64::new(0));
+        let spun_ns = Arc::new(AtomicU64::new(0));
         let mut clock = Clock {
             outputs,
             jack,
@@ -185,6 +205,7 @@ impl ClockThread {
                 u64::from(settings.spin_max_us) * 1000,
             ),
             spin_report: spin_report.clone(),
+            spun_ns: spun_ns.clone(),
         };
         let handle = {
             let stop = stop.clone();
@@ -208,7 +229,9 @@ impl ClockThread {
                 handle: Some(handle),
                 heartbeat,
                 spin_report,
+                spun_ns,
                 spin_floor_us: settings.spin_us,
+                started: std::time::Instant::now(),
             },
             trash_rx,
         ))
@@ -221,14 +244,23 @@ impl ClockThread {
     }
 
     /// Stops the thread after it sends Stop and All Notes Off, and says how far its spin
-    /// window had to widen.
+    /// window had to widen and what the busy-waiting cost.
     pub fn finish(mut self) {
         self.shutdown();
         let report = self.spin_report.load(Ordering::Relaxed);
         let (widest_us, latest_wake_us) = (report >> 32, report & u64::from(u32::MAX));
+        let cost = busy_wait_share(
+            self.spun_ns.load(Ordering::Relaxed),
+            self.started.elapsed().as_nanos(),
+        );
         if widest_us > u64::from(self.spin_floor_us) {
             tracing::info!(
-                "beat clock: wake-ups came up to {latest_wake_us} µs late, so the spin window widened from {} to at most {widest_us} µs (realtime.spin_max_us)",
+                "beat clock: wake-ups came up to {latest_wake_us} µs late, so the spin window widened from {} to at most {widest_us} µs (realtime.spin_max_us); {cost}",
+                self.spin_floor_us
+            );
+        } else if self.spin_floor_us > 0 {
+            tracing::info!(
+                "beat clock: the spin window stayed at {} µs; {cost}",
                 self.spin_floor_us
             );
         }
@@ -274,9 +306,14 @@ impl Clock {
             if deadline > now + self.spin_ns() {
                 self.sleep_until(deadline - self.spin_ns());
             }
+            let spin_from = monotonic_ns();
             while monotonic_ns() < deadline {
                 std::hint::spin_loop();
             }
+            self.spun_ns.store(
+                self.spun_ns.load(Ordering::Relaxed) + deadline.saturating_sub(spin_from),
+                Ordering::Relaxed,
+            );
             if is_tick {
                 self.send_tick(deadline);
             } else {
@@ -736,5 +773,31 @@ fn offset(time: u64, offset_ns: i64) -> u64 {
         time.saturating_add(offset_ns as u64)
     } else {
         time.saturating_sub(offset_ns.unsigned_abs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_wait_share_is_spinning_over_running_time() {
+        assert_eq!(
+            busy_wait_share(1_000_000_000, 8_000_000_000),
+            "busy-waiting before deadlines took 12.5 % of one core (1.0 s in 8.0 s)"
+        );
+        assert!(busy_wait_share(5, 0).contains("0.0 %"), "no time, no share");
+    }
+
+    #[test]
+    fn the_spin_report_packs_both_figures() {
+        let packed = pack_spin_report(2000, 1234);
+        assert_eq!((packed >> 32, packed & u64::from(u32::MAX)), (2000, 1234));
+        let clamped = pack_spin_report(u64::MAX, u64::MAX);
+        assert_eq!(
+            clamped,
+            u64::MAX,
+            "saturates instead of spilling into the other half"
+        );
     }
 }

@@ -10,15 +10,25 @@ pub struct TestShow {
 }
 
 impl TestShow {
-    /// A fresh empty show under the system temp dir.
+    /// A fresh empty show in memory (`/dev/shm`) where it can be, else under the system
+    /// temp dir. The shows' MIDI FIFOs live here: a FIFO on a disk filesystem journals its
+    /// modification time on every write, which backline warns about and which adds
+    /// milliseconds to the odd write (`cargo bench --bench fifo_write`).
     pub fn new(tag: &str) -> TestShow {
-        let root = std::env::temp_dir().join(format!(
+        let name = format!(
             "backline-{tag}-{}-{}",
             std::process::id(),
             super::unique_client_name("s")
-        ));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("songs")).expect("create show dir");
+        );
+        let in_memory = Path::new("/dev/shm").join(&name);
+        let root = if std::fs::create_dir_all(in_memory.join("songs")).is_ok() {
+            in_memory
+        } else {
+            let root = std::env::temp_dir().join(&name);
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(root.join("songs")).expect("create show dir");
+            root
+        };
         TestShow { root }
     }
 
