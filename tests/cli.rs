@@ -61,7 +61,7 @@ fn check_reports_every_problem_with_its_place_and_fails() {
     );
     show.write(
         "songs/escape/song.yaml",
-        "kind: song\nname: Escape\ntracks:\n  - name: a\n    file: ../../../../etc/passwd\n",
+        "kind: song\nname: Escape\ntracks:\n  - name: a\n    file: ../../../../../../../../etc/passwd\n",
     );
     show.write(
         "songs/mtrack/song.yaml",
@@ -83,7 +83,7 @@ fn check_reports_every_problem_with_its_place_and_fails() {
         "bad/song.yaml:6:19: track `a`: file_channel 3 but stereo.wav has 2 channel(s): expected 1 to 2",
         "bad/song.yaml:8:11: track `b`:",
         "missing.wav: cannot open",
-        "escape/song.yaml:5:11: `../../../../etc/passwd` resolves to /etc/passwd which is outside the library",
+        "escape/song.yaml:5:11: `../../../../../../../../etc/passwd` resolves to /etc/passwd which is outside the library",
         "main.yaml:4:5: playlist names song `Nope`",
         "track_mappings routes `ghost`, but no song has a track of that name",
         "`lighting` (used by 1 song) is an mtrack feature backline does not play; ignored",
