@@ -92,6 +92,11 @@ fn check_reports_every_problem_with_its_place_and_fails() {
     ] {
         assert!(all.contains(expected), "missing `{expected}` in:\n{all}");
     }
+    assert_eq!(
+        all.matches("playlist names song `Nope`").count(),
+        1,
+        "the chosen playlist's problem is reported once:\n{all}"
+    );
 }
 
 #[test]

@@ -47,10 +47,13 @@ pub fn check_show(show: &Show, options: &CheckOptions) -> CheckReport {
         Ok(set) => report.errors.extend(set.missing),
         Err(e) => report.errors.push(e),
     }
+    // Every other playlist too; the chosen one's problems are already in (once is enough).
     for playlist in &show.library.playlists {
-        report
-            .errors
-            .extend(show.library.resolve_playlist(playlist).missing);
+        for problem in show.library.resolve_playlist(playlist).missing {
+            if !report.errors.contains(&problem) {
+                report.errors.push(problem);
+            }
+        }
     }
     // Track mappings naming tracks no song has.
     let all_tracks: BTreeSet<&str> = show
