@@ -109,7 +109,7 @@ struct Run {
 
 /// A one-song show with a beat clock to /dev/null, rendered in real time for `seconds`.
 fn render_show(tag: &str, seconds: f32, config_extra: &str) -> TestShow {
-    let show = TestShow::new(tag);
+    let show = TestShow::on_disk(tag);
     show.tone_song("1", "Long", 440.0, seconds);
     show.write(
         "songs/1/song.yaml",
@@ -268,7 +268,7 @@ fn strict_kill_mode_plays_a_whole_render() {
 #[test]
 fn jack_playback_in_strict_kill_mode_sandboxes_libjack_threads_too() {
     use common::{non_silent_span, JackServer, Recorder};
-    let show = TestShow::new("sbx-jack");
+    let show = TestShow::on_disk("sbx-jack");
     show.tone_wav("songs/t/a.wav", 48_000, 2.0, &[(440.0, 0.5)]);
     show.song("t", "Tone", &[("a", "a.wav", None)]);
     show.write(

@@ -15,21 +15,29 @@ impl TestShow {
     /// modification time on every write, which backline warns about and which adds
     /// milliseconds to the odd write (`cargo bench --bench fifo_write`).
     pub fn new(tag: &str) -> TestShow {
-        let name = format!(
+        let in_memory = Path::new("/dev/shm").join(Self::unique_name(tag));
+        if std::fs::create_dir_all(in_memory.join("songs")).is_ok() {
+            return TestShow { root: in_memory };
+        }
+        Self::on_disk(tag)
+    }
+
+    /// A fresh empty show under the system temp dir, for the sandbox tests: the sandbox
+    /// grants read-write on all of `/dev/shm` (JACK's shared memory), so a library there
+    /// would not show that the library is read-only.
+    pub fn on_disk(tag: &str) -> TestShow {
+        let root = std::env::temp_dir().join(Self::unique_name(tag));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("songs")).expect("create show dir");
+        TestShow { root }
+    }
+
+    fn unique_name(tag: &str) -> String {
+        format!(
             "backline-{tag}-{}-{}",
             std::process::id(),
             super::unique_client_name("s")
-        );
-        let in_memory = Path::new("/dev/shm").join(&name);
-        let root = if std::fs::create_dir_all(in_memory.join("songs")).is_ok() {
-            in_memory
-        } else {
-            let root = std::env::temp_dir().join(&name);
-            let _ = std::fs::remove_dir_all(&root);
-            std::fs::create_dir_all(root.join("songs")).expect("create show dir");
-            root
-        };
-        TestShow { root }
+        )
     }
 
     /// Path of a file inside the show.
