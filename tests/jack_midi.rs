@@ -63,9 +63,50 @@ fn xruns_reported(stderr: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// How many times a run is played again when the VM disturbed it (see [`play_recording`]).
+const ATTEMPTS: usize = 3;
+
+/// Cycles lost in a run: the recorder's gaps and xruns, and the xruns the player reported.
+/// Each disturbance can cost the recording a cycle's MIDI events (the recorder's process
+/// callback did not run in it), so the tests allow one lost beat or message per disturbance.
+fn disturbances(stderr: &str, rec: &Recording) -> usize {
+    rec.gaps.len() + xruns_reported(stderr) + rec.xruns as usize
+}
+
 /// Plays `show` on a fresh dummy server as JACK client `client`, recording its first audio
 /// output and its MIDI port `midi_port`; returns the run, its log and the recording.
+///
+/// A run the VM disturbed (a fresh CI machine has seen a hundred xruns in a 3 s run, which
+/// lost a Start on the recorder's side) is played again, up to [`ATTEMPTS`] times, and the
+/// least disturbed run is returned: the tests then allow for the disturbances it still has.
 fn play_recording(
+    show: &TestShow,
+    client: &str,
+    midi_port: &str,
+) -> (std::process::Output, String, common::Recording) {
+    let mut best: Option<(std::process::Output, String, Recording)> = None;
+    for attempt in 1..=ATTEMPTS {
+        let run = play_recording_once(show, client, midi_port);
+        let lost = disturbances(&run.1, &run.2);
+        if lost > 0 {
+            eprintln!("attempt {attempt}/{ATTEMPTS}: {lost} disturbances (xruns or recorder gaps)");
+        }
+        let better = best
+            .as_ref()
+            .is_none_or(|b| lost < disturbances(&b.1, &b.2));
+        // A failed run is returned as it is: that is the player's fault, not the VM's.
+        if lost == 0 || !run.0.status.success() {
+            return run;
+        }
+        if better {
+            best = Some(run);
+        }
+    }
+    best.expect("ATTEMPTS > 0")
+}
+
+/// One run of [`play_recording`].
+fn play_recording_once(
     show: &TestShow,
     client: &str,
     midi_port: &str,
@@ -117,7 +158,7 @@ fn every_beat_tick_lands_on_the_frame_of_its_audio_impulse() {
     );
     // Cycles lost to a VM scheduling spike (the recorder's or the player's) can lose beats;
     // each such disturbance is allowed to cost one beat of the comparison.
-    let disturbances = rec.gaps.len() + xruns_reported(&stderr) + rec.xruns as usize;
+    let disturbances = disturbances(&stderr, &rec);
 
     let midi: Vec<MidiCapture> = rec.midi.clone();
     let start = midi
@@ -255,17 +296,29 @@ fn persist_tempo_keeps_jack_ticks_running_between_songs_without_a_gap() {
     );
     let (output, stderr, rec) = play_recording(&show, &client, "clock");
     assert!(output.status.success(), "{stderr}");
-    let disturbances = rec.gaps.len() + xruns_reported(&stderr) + rec.xruns as usize;
+    let disturbances = disturbances(&stderr, &rec);
     let starts: Vec<usize> = (0..rec.midi.len())
         .filter(|&i| rec.midi[i].bytes() == [0xFA])
         .collect();
-    assert_eq!(starts.len(), 2, "one Start per song\n{stderr}");
-    let between = &rec.midi[starts[0]..starts[1]];
+    // One Start per song; a disturbed recording may have lost one (never on a clean one).
     assert!(
-        between.iter().any(|e| e.bytes() == [0xFC]),
-        "song 1 ends with Stop"
+        starts.len() == 2 || (starts.len() == 1 && disturbances > 0),
+        "one Start per song: {} recorded, {disturbances} disturbances\n{stderr}",
+        starts.len()
     );
-    let ticks: Vec<i64> = rec.midi[starts[0]..]
+    if let [first, second] = starts[..] {
+        assert!(
+            rec.midi[first..second].iter().any(|e| e.bytes() == [0xFC]),
+            "song 1 ends with Stop"
+        );
+    }
+    // From the first Start; if a disturbance lost song 1's, from the first tick.
+    let first_tick = rec.midi.iter().position(|e| e.bytes() == [0xF8]);
+    let from = match (starts.len(), first_tick) {
+        (2, _) | (_, None) => starts[0],
+        (_, Some(tick)) => starts[0].min(tick),
+    };
+    let ticks: Vec<i64> = rec.midi[from..]
         .iter()
         .filter(|e| e.bytes() == [0xF8])
         .map(|e| i64::from(e.frame_time))
@@ -286,7 +339,11 @@ fn persist_tempo_keeps_jack_ticks_running_between_songs_without_a_gap() {
         ticks.len()
     );
     // Ticks keep coming after the last song's Stop (the recorder ran 200 ms more at least).
-    assert!(ticks.len() > 2 * 72, "{} ticks", ticks.len());
+    assert!(
+        ticks.len() + disturbances > 2 * 72,
+        "{} ticks ({disturbances} disturbances)",
+        ticks.len()
+    );
 }
 
 /// What a [`MidiSink`] has received.
