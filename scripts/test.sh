@@ -11,7 +11,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # End-to-end tests start their own private jackd servers; run them two at a time so the
 # 2-core CI machine keeps up in real time.
-cargo test --lib --bins --tests -- --test-threads=2
+cargo test --no-fail-fast --lib --bins --tests -- --test-threads=2
 # The sandbox probe (execve, fork, writes outside the state folder, AF_PACKET, ptrace inside the
 # running player) only exists with the test-only `sandbox-probe` feature.
 cargo test --features sandbox-probe --test sandbox -- --test-threads=2

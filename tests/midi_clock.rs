@@ -20,6 +20,11 @@ fn fifo_reader(path: &Path) -> JoinHandle<Vec<(u64, u8)>> {
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
     let path = path.to_path_buf();
     std::thread::spawn(move || {
+        // Just below the clock's priority when the test may (root): then a stamp is late only
+        // when the whole machine stalls, not whenever the test's other threads run.
+        let param = libc::sched_param { sched_priority: 79 };
+        // SAFETY: a valid sched_param for the calling thread (pid 0); failure leaves it normal.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
         // Blocks until backline opens the write end; ends at EOF when backline exits.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -38,6 +43,39 @@ fn fifo_reader(path: &Path) -> JoinHandle<Vec<(u64, u8)>> {
             }
         }
     })
+}
+
+/// The tick interval in ns that best fits `ticks` (least squares of arrival time against tick
+/// number). One late arrival moves it by its lateness ÷ the number of ticks, where the span
+/// from the first to the last tick moves by all of it when either end is late.
+fn fitted_interval_ns(ticks: &[u64]) -> f64 {
+    let n = ticks.len() as f64;
+    let Some(&first) = ticks.first() else {
+        return f64::NAN;
+    };
+    let x_mean = (n - 1.0) / 2.0;
+    let y_mean = ticks.iter().map(|&t| (t - first) as f64).sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, &t) in ticks.iter().enumerate() {
+        let dx = i as f64 - x_mean;
+        sxy += dx * ((t - first) as f64 - y_mean);
+        sxx += dx * dx;
+    }
+    sxy / sxx
+}
+
+/// When tick 0 of `ticks` was due, in CLOCK_MONOTONIC ns: the median over the first 24 ticks
+/// (one beat) of each arrival less its ticks × `interval_ns`. A late first arrival does not
+/// move it.
+fn fitted_first_tick_ns(ticks: &[u64], interval_ns: f64) -> f64 {
+    let mut due: Vec<f64> = ticks
+        .iter()
+        .take(24)
+        .enumerate()
+        .map(|(i, &t)| t as f64 - i as f64 * interval_ns)
+        .collect();
+    due.sort_by(f64::total_cmp);
+    due.get(due.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn play(show: &TestShow) -> (bool, String) {
@@ -146,7 +184,7 @@ fn thirty_seconds_at_120_bpm_is_start_1440_ticks_stop() {
         kinds.iter().all(|&b| matches!(b, 0xF8 | 0xFA | 0xFC)),
         "nothing but clock bytes"
     );
-    let mean = (ticks[ticks.len() - 1] - ticks[0]) as f64 / (ticks.len() - 1) as f64;
+    let mean = fitted_interval_ns(&ticks);
     let nominal = 60e9 / 120.0 / 24.0;
     assert!(
         ((mean - nominal) / nominal).abs() < 0.001,
@@ -208,17 +246,13 @@ fn a_tempo_change_lands_on_the_tick_the_map_says_and_files_play_in_order() {
         .collect();
     assert!(ticks.len() > 200, "{} ticks", ticks.len());
     let interval = |i: usize| (ticks[i + 1] - ticks[i]) as f64 / 1e6;
-    let mean = |from: usize, to: usize| (from..to).map(interval).sum::<f64>() / (to - from) as f64;
+    let before = fitted_interval_ns(&ticks[100..=190]) / 1e6;
+    let after = fitted_interval_ns(&ticks[192..]) / 1e6;
     assert!(
-        (mean(100, 190) - 20.833).abs() < 0.5,
-        "before the change: {:.3} ms",
-        mean(100, 190)
+        (before - 20.833).abs() < 0.5,
+        "before the change: {before:.3} ms"
     );
-    assert!(
-        (mean(192, ticks.len() - 1) - 41.667).abs() < 0.8,
-        "after: {:.3} ms",
-        mean(192, ticks.len() - 1)
-    );
+    assert!((after - 41.667).abs() < 0.8, "after: {after:.3} ms");
     // The change lands on tick 192 (beat 8): the intervals just before it are 120 BPM ones,
     // from it on 60 BPM ones. Medians of eight, so one scheduling spike cannot decide it.
     let median = |from: usize| {
@@ -236,19 +270,20 @@ fn a_tempo_change_lands_on_the_tick_the_map_says_and_files_play_in_order() {
         "ticks 192-200: {:.2} ms",
         median(192)
     );
-    // Tick 192 itself is 8 beats at 120 BPM after tick 0: 4 s.
-    let at_192 = (ticks[192] - ticks[0]) as f64 / 1e6;
+    // Tick 192 itself is 8 beats at 120 BPM after tick 0: 4 s. Each is where its beat's
+    // ticks put it, so that one late arrival cannot move it.
+    let start = fitted_first_tick_ns(&ticks, 20.833e6);
+    let at_192 = (fitted_first_tick_ns(&ticks[192..], 41.667e6) - start) / 1e6;
     assert!(
         (at_192 - 4000.0).abs() < 15.0,
         "tick 192 at {at_192:.2} ms, expected 4000 ms"
     );
 
     // Notes: in file order, at 0 s, 0.5 s, 1.0 s (+ offs), relative to the first tick.
-    let start = ticks[0];
     let notes: Vec<(f64, u8, u8)> = bytes
         .windows(3)
         .filter(|w| w[0].1 & 0xF0 == 0x90 || w[0].1 & 0xF0 == 0x80)
-        .map(|w| ((w[0].0 as f64 - start as f64) / 1e9, w[0].1, w[1].1))
+        .map(|w| ((w[0].0 as f64 - start) / 1e9, w[0].1, w[1].1))
         .collect();
     let on: Vec<(f64, u8)> = notes
         .iter()
@@ -311,6 +346,7 @@ fn clock_only_rehearsal_measures_the_clock_alone() {
 
 #[test]
 fn persist_tempo_keeps_the_clock_running_while_stopped() {
+    let stalls = common::StallWatch::start();
     let (_show, reader, ui) = play_in_terminal("persist", 20.0, "  persist_tempo: true\n");
     std::thread::sleep(std::time::Duration::from_millis(1000));
     ui.send(b" "); // stop: Stop, but the clock runs on at 120 BPM
@@ -337,12 +373,16 @@ fn persist_tempo_keeps_the_clock_running_while_stopped() {
         "ticks while stopped for 1.5 s at 120 BPM: {}",
         free.len()
     );
-    let mean = (free[free.len() - 1] - free[0]) as f64 / (free.len() - 1) as f64 / 1e6;
+    let mean = fitted_interval_ns(&free) / 1e6;
     assert!(
         (mean - 20.833).abs() < 0.5,
         "free-running at the last tempo: {mean:.3} ms"
     );
-    // No burst: no two ticks around the stop closer than a quarter of an interval.
+    // No burst: no two ticks around the stop closer than a quarter of an interval, nor
+    // further apart than two, unless a machine stall (which delays this reader and the clock
+    // alike, and after which the clock sends its overdue ticks) came within a tick of them.
+    let stalls = stalls.stalls();
+    let stalled = |from: u64, to: u64| stalls.iter().any(|&(a, b)| a < to && b + 45_000_000 > from);
     let around: Vec<u64> = bytes[stop.saturating_sub(20)..(stop + 20).min(bytes.len())]
         .iter()
         .filter(|&&(_, b)| b == 0xF8)
@@ -351,8 +391,8 @@ fn persist_tempo_keeps_the_clock_running_while_stopped() {
     for pair in around.windows(2) {
         let gap_ms = (pair[1] - pair[0]) as f64 / 1e6;
         assert!(
-            gap_ms > 1.0 && gap_ms < 45.0,
-            "tick spacing at the stop: {gap_ms:.2} ms"
+            (gap_ms > 1.0 && gap_ms < 45.0) || stalled(pair[0], pair[1]),
+            "tick spacing at the stop: {gap_ms:.2} ms (machine stalls: {stalls:?})"
         );
     }
 }

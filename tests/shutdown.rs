@@ -9,7 +9,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,13 @@ fn dense_midi(seconds: f64) -> Vec<u8> {
     smf
 }
 
-/// Reads a FIFO (opened non-blocking before the player starts) until `stop`.
-fn fifo_reader(path: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u8>> {
+/// Reads a FIFO (opened non-blocking before the player starts) until `stop`, adding up in
+/// `received` how many bytes have come so far.
+fn fifo_reader(
+    path: &Path,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Vec<u8>> {
     let c_path = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("no NUL");
     // SAFETY: c_path is a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
@@ -75,7 +80,10 @@ fn fifo_reader(path: &Path, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Ve
         let mut buffer = [0u8; 4096];
         loop {
             match file.read(&mut buffer) {
-                Ok(n) if n > 0 => bytes.extend_from_slice(&buffer[..n]),
+                Ok(n) if n > 0 => {
+                    bytes.extend_from_slice(&buffer[..n]);
+                    received.store(bytes.len(), Ordering::Release);
+                }
                 _ => {
                     if stop.load(Ordering::Acquire) {
                         return bytes;
@@ -175,7 +183,8 @@ fn sigterm_during_dense_midi_and_a_wav_render_leaves_no_hanging_note_and_a_whole
         ),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = fifo_reader(&show.path("midi.fifo"), stop.clone());
+    let received = Arc::new(AtomicUsize::new(0));
+    let reader = fifo_reader(&show.path("midi.fifo"), stop.clone(), received.clone());
     let wav = show.path("out.wav");
     let mut child = Command::new(env!("CARGO_BIN_EXE_backline"))
         .arg("play")
@@ -187,8 +196,14 @@ fn sigterm_during_dense_midi_and_a_wav_render_leaves_no_hanging_note_and_a_whole
         .stderr(Stdio::piped())
         .spawn()
         .expect("run backline");
-    // Mid-song, with notes sounding: ~2.5 s in (well before the 30 s song ends).
-    std::thread::sleep(Duration::from_millis(3000));
+    // Mid-song, with notes sounding: once 1500 bytes have arrived, 1.5–2 s of the file
+    // (300–400 note-ons), however long a loaded machine took to start the player.
+    assert!(
+        common::wait_until(Duration::from_secs(25), || received.load(Ordering::Acquire)
+            >= 1500),
+        "dense playback gets under way: {} bytes",
+        received.load(Ordering::Acquire)
+    );
     assert!(child.try_wait().expect("poll").is_none(), "still playing");
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);

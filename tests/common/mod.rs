@@ -471,6 +471,46 @@ fn open_client_on(server_name: &str, client_name: &str) -> Result<jack::Client, 
     Ok(unsafe { jack::Client::from_raw(raw) })
 }
 
+/// The xrun count from the player's last "done:" line (0 if there is none).
+pub fn xruns_reported(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter(|l| l.contains("done:"))
+        .filter_map(|l| l.split(" xruns").next()?.rsplit(' ').next()?.parse().ok())
+        .next_back()
+        .unwrap_or(0)
+}
+
+/// How many times [`least_disturbed`] plays a run.
+pub const DISTURBED_RUN_ATTEMPTS: usize = 3;
+
+/// Runs `run` (which returns a result and how many cycles the machine cost it, e.g.
+/// [`Recording::disturbances`]) until one run is undisturbed, at most
+/// [`DISTURBED_RUN_ATTEMPTS`] times, and returns the least disturbed run with its count.
+/// A fresh CI VM has shown a hundred xruns in a 3 s run; such a recording cannot witness
+/// sample-exact behaviour, so the run is played again, and the test then allows for the
+/// disturbances the returned run still has. `keep` returning true stops at once (a run
+/// that failed for the player's own reasons is returned as it is).
+pub fn least_disturbed<T>(
+    mut run: impl FnMut() -> (T, usize),
+    keep: impl Fn(&T) -> bool,
+) -> (T, usize) {
+    let mut best: Option<(T, usize)> = None;
+    for attempt in 1..=DISTURBED_RUN_ATTEMPTS {
+        let (result, lost) = run();
+        if lost == 0 || keep(&result) {
+            return (result, lost);
+        }
+        eprintln!(
+            "run {attempt}/{DISTURBED_RUN_ATTEMPTS}: {lost} disturbances (xruns or recorder gaps)"
+        );
+        if best.as_ref().map_or(true, |(_, fewest)| lost < *fewest) {
+            best = Some((result, lost));
+        }
+    }
+    best.expect("DISTURBED_RUN_ATTEMPTS > 0")
+}
+
 static CLIENT_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// `"{base}-{pid}-{n}"`: a JACK client name no other process uses. Give every client that may
@@ -1162,6 +1202,31 @@ impl Recording {
             .collect()
     }
 
+    /// Frames the recorder did not get: the sum of the positive [`Recording::gaps`].
+    pub fn missed_frames(&self) -> usize {
+        self.gaps
+            .iter()
+            .map(|&(_, frames)| frames.max(0) as usize)
+            .sum()
+    }
+
+    /// Cycles a run lost: the recorder's gaps and the xruns it saw, plus the xruns the player
+    /// reported in `player_stderr`. Each can cost the recording a cycle's audio or MIDI.
+    pub fn disturbances(&self, player_stderr: &str) -> usize {
+        self.gaps.len() + self.xruns as usize + xruns_reported(player_stderr)
+    }
+
+    /// The sample indices in `from..=to` where a gap is, relative to `from`: pass them to
+    /// [`tone_amplitude_between_gaps`] for a span of the recording.
+    pub fn gaps_within(&self, from: usize, to: usize) -> Vec<usize> {
+        self.gaps
+            .iter()
+            .map(|&(at, _)| at)
+            .filter(|at| (from..=to).contains(at))
+            .map(|at| at - from)
+            .collect()
+    }
+
     /// Absolute JACK frame time of sample `index` (first frame time + index + every gap
     /// before it), comparable with [`MidiCapture::frame_time`].
     pub fn frame_time_at(&self, index: usize) -> Option<u32> {
@@ -1687,14 +1752,40 @@ pub fn non_silent_span(samples: &[f32], threshold: f32) -> Option<(usize, usize)
 /// (a few samples lost or repeated, see `Recording::gaps`) can pull a perfect tone's estimate
 /// from 0.5 down to 0.1. A 100 ms Hann block still separates tones >= ~40 Hz apart.
 pub fn tone_amplitude(samples: &[f32], freq_hz: f32, sample_rate: u32) -> f32 {
+    tone_amplitude_between_gaps(samples, &[], freq_hz, sample_rate)
+}
+
+/// Like [`tone_amplitude`], but no 100 ms block spans one of `gaps` (indices into `samples`,
+/// see [`Recording::gaps_within`]): a recording with a gap every few blocks (a badly
+/// disturbed machine) would otherwise have a phase jump in most blocks and the median with
+/// them. With fewer than two whole blocks between gaps, the longest gap-free stretch is
+/// measured alone.
+pub fn tone_amplitude_between_gaps(
+    samples: &[f32],
+    gaps: &[usize],
+    freq_hz: f32,
+    sample_rate: u32,
+) -> f32 {
     let block = (sample_rate as usize / 10).max(2);
-    if samples.len() < 2 * block {
-        return goertzel_power(samples, freq_hz, sample_rate);
-    }
-    let mut v: Vec<f32> = samples
-        .chunks_exact(block)
+    let mut cuts: Vec<usize> = gaps
+        .iter()
+        .copied()
+        .filter(|&g| g < samples.len())
+        .collect();
+    cuts.push(0);
+    cuts.push(samples.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    let stretches: Vec<&[f32]> = cuts.windows(2).map(|w| &samples[w[0]..w[1]]).collect();
+    let mut v: Vec<f32> = stretches
+        .iter()
+        .flat_map(|s| s.chunks_exact(block))
         .map(|c| goertzel_power(c, freq_hz, sample_rate))
         .collect();
+    if v.len() < 2 {
+        let longest = stretches.iter().max_by_key(|s| s.len()).copied();
+        return goertzel_power(longest.unwrap_or(samples), freq_hz, sample_rate);
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
