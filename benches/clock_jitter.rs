@@ -216,7 +216,12 @@ fn run_condition(
         );
         return None;
     }
-    let spin_share = busy_wait_share(&String::from_utf8_lossy(&status.stderr));
+    let log = String::from_utf8_lossy(&status.stderr);
+    let spin_share = busy_wait_share(&log);
+    // The standby writer's share and rescues (`midi::standby`), as backline logged them.
+    for line in log.lines().filter(|l| l.contains("standby writer")) {
+        eprintln!("  {}", line.split("beat clock: ").last().unwrap_or(line));
+    }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).ok()?).ok()?;
     let clock = &json["overall"]["clock_lateness"];

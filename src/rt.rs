@@ -1048,6 +1048,15 @@ pub fn promote_probe_thread() -> String {
     }
 }
 
+/// Promotes a helper of `role` (the beat clock's standby writer) like
+/// [`promote_current_thread`] — `realtime.cpus`, then SCHED_FIFO at the role's priority —
+/// without recording it: the role's own thread is the one the status line and the report
+/// speak for. True when the calling thread now runs real-time. Same RT-safety as
+/// [`promote_current_thread`].
+pub fn promote_helper_thread(role: Role, cfg: &RtSettings, probe: &ProbeSummary) -> bool {
+    promote_into(&RtState::new(), role, cfg, probe).is_realtime()
+}
+
 fn promote_into(state: &RtState, role: Role, cfg: &RtSettings, probe: &ProbeSummary) -> Promotion {
     let requested = role.priority(cfg);
     if !cfg.enabled {

@@ -166,9 +166,20 @@ pub fn read_fifo(fd: std::os::fd::RawFd, mode: ReaderMode, mut arrived: impl FnM
         let mut first_look = true;
         let mut woken = false;
         loop {
-            let n = read(&mut buffer);
+            // poll(2) looks at a pipe without its mutex; read(2) takes the mutex, and a reader
+            // whose vCPU the host stalls while it holds it stalls the clock's write as long.
+            // So read only once a byte is there, stamped the moment poll saw it.
+            let mut pollfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; timeout 0 never blocks.
+            let ready = unsafe { libc::poll(&mut pollfd, 1, 0) } > 0;
+            let seen_ns = now_ns();
+            let n = if ready { read(&mut buffer) } else { -1 };
             if n > 0 {
-                let time_ns = now_ns();
+                let time_ns = seen_ns;
                 let inexact = woken || first_look;
                 arrived(Arrival {
                     time_ns,
@@ -183,10 +194,13 @@ pub fn read_fifo(fd: std::os::fd::RawFd, mode: ReaderMode, mut arrived: impl FnM
                 last = Some(time_ns);
                 break;
             }
+            if ready && n == 0 {
+                return; // end of file: the writer closed
+            }
             let would_block =
-                n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+                !ready || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
             if !would_block {
-                return; // end of file (the writer closed) or an error
+                return; // an error
             }
             first_look = false;
             if now_ns() - polling_since > POLL_GIVE_UP_INTERVALS * interval_ns {

@@ -556,6 +556,7 @@ pub fn run(target: &Path, options: &PlayOptions) -> i32 {
             probe,
             persist_tempo: show.config.midi.persist_tempo,
             jack_lookahead_frames: (4 * period).max(lookahead_min),
+            standby: show.config.realtime.clock_standby,
         };
         match ClockThread::start(
             outputs.slots.clone(),

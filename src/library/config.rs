@@ -208,6 +208,12 @@ pub struct RealtimeConfig {
     pub spin_max_us: u32,
     /// CPUs the RT threads are pinned to (empty = any).
     pub cpus: Vec<usize>,
+    /// Run the beat clock's standby writer, a second SCHED_FIFO thread that makes a due
+    /// write when the clock thread's core is stalled at the deadline (`midi::standby`). Not
+    /// in FORMATS.md: on this VM it took the loaded p99.9 from the host's per-vCPU stalls
+    /// (0.8–1 ms) to tens of µs. Cost: a second spin of `spin_us` per write, and a wake-up
+    /// per ms. Off with a single CPU (`cpus: [n]`, or a one-CPU machine): no core to stand by on.
+    pub clock_standby: bool,
 }
 
 /// `spin_max_us` when the config does not say: `spin_us` 0 (sleep only) and RT threads pinned
@@ -230,6 +236,7 @@ impl Default for RealtimeConfig {
             spin_us: 400,
             spin_max_us: 2000,
             cpus: Vec::new(),
+            clock_standby: true,
         }
     }
 }
@@ -343,6 +350,8 @@ struct RawRealtime {
     spin_max_us: Option<u32>,
     #[serde(default)]
     cpus: Vec<usize>,
+    #[serde(default)]
+    clock_standby: Option<bool>,
 }
 
 /// Highest output channel a mapping may name.
@@ -483,6 +492,7 @@ impl Config {
                     )
                 }),
                 cpus: r.cpus,
+                clock_standby: r.clock_standby.unwrap_or(rt_defaults.clock_standby),
             },
         };
         for (key, priority) in [

@@ -3,7 +3,9 @@
 //! (song start frame + seconds × rate) and then a CLOCK_MONOTONIC time through the audio
 //! clock, so MIDI follows the interface's crystal and never accumulates drift. The thread
 //! sleeps with `clock_nanosleep(TIMER_ABSTIME)` until shortly before a deadline, spins the
-//! rest, writes, and records its lateness. The hot loop follows DESIGN.md's RT rules.
+//! rest, writes, and records its lateness. The hot loop follows DESIGN.md's RT rules. A
+//! standby thread on another core may make a due write in its place when this thread's core
+//! is stalled at the deadline (`midi::standby`, `realtime.clock_standby`).
 //!
 //! JACK MIDI outputs take a second lane through the same song: instead of waiting for each
 //! deadline, every pass of the loop queues what falls within the next
@@ -19,11 +21,15 @@ use std::thread::{self, JoinHandle};
 use super::file::MidiSchedule;
 use super::jack::{JackMidiFeed, Stream};
 use super::output::OutputSlot;
+use super::standby::{self, DueWrite, Settled, Standby};
 use crate::engine::callback::monotonic_ns;
 use crate::rt::{self, ProbeSummary, Role, RtSettings};
 use crate::stats::{Metric, SampleSender};
 use crate::timing::anchor::AnchorReader;
 use crate::timing::{sleep_until_ns, AudioClock, SpinWindow, TempoMap};
+
+/// How long the clock thread waits before looking again while the standby is writing, ns.
+const STANDBY_BUSY_NS: u64 = 20_000;
 
 /// MIDI real-time and system common bytes.
 pub const TIMING_CLOCK: u8 = 0xF8;
@@ -84,6 +90,8 @@ pub struct ClockSettings {
     /// How far ahead of the audio the JACK MIDI lane queues messages, in device frames (a
     /// few periods: more than the clock thread's longest sleep plus one cycle).
     pub jack_lookahead_frames: u32,
+    /// Run the standby writer on another core (`realtime.clock_standby`, `midi::standby`).
+    pub standby: bool,
 }
 
 /// The running clock thread.
@@ -96,6 +104,18 @@ pub struct ClockThread {
     spun_ns: Arc<AtomicU64>,
     spin_floor_us: u32,
     started: std::time::Instant,
+    standby: Option<Standby>,
+    /// Due writes made, and those the standby made while this thread was over 250 µs late.
+    written: Arc<AtomicU64>,
+    rescues: Arc<AtomicU64>,
+}
+
+/// The write armed in [`DueWrite`], as the clock thread needs it back.
+#[derive(Clone, Copy)]
+struct Armed {
+    deadline: u64,
+    is_tick: bool,
+    stream: Stream,
 }
 
 /// Where one lane is in the current song.
@@ -146,6 +166,11 @@ struct Clock {
     spin_report: Arc<AtomicU64>,
     /// Busy-wait time so far, ns (one writer: this loop).
     spun_ns: Arc<AtomicU64>,
+    /// The next due write, shared with the standby thread.
+    due: Arc<DueWrite>,
+    armed: Option<Armed>,
+    written: Arc<AtomicU64>,
+    rescues: Arc<AtomicU64>,
 }
 
 /// The busy-waiting's cost in words: `spun_ns` of spinning over `elapsed_ns` of running.
@@ -185,6 +210,34 @@ impl ClockThread {
         let heartbeat = Arc::new(AtomicU64::new(0));
         let spin_report = Arc::new(AtomicU64::new(0));
         let spun_ns = Arc::new(AtomicU64::new(0));
+        let due = Arc::new(DueWrite::new(outputs.len()));
+        let written = Arc::new(AtomicU64::new(0));
+        let rescues = Arc::new(AtomicU64::new(0));
+        // Only descriptor outputs wait for deadlines (JACK MIDI is queued ahead), and with a
+        // single CPU there is no other core to stand by on.
+        let cpus = if settings.rt.cpus.is_empty() {
+            thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            settings.rt.cpus.0.count_ones() as usize
+        };
+        let standby = if settings.standby && settings.rt.enabled && cpus > 1 && !outputs.is_empty()
+        {
+            match Standby::start(
+                due.clone(),
+                outputs.clone(),
+                u64::from(settings.spin_us) * 1000,
+                settings.rt,
+                settings.probe,
+            ) {
+                Ok(standby) => Some(standby),
+                Err(e) => {
+                    tracing::warn!("{e}; the beat clock runs without it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut clock = Clock {
             outputs,
             jack,
@@ -206,6 +259,10 @@ impl ClockThread {
             ),
             spin_report: spin_report.clone(),
             spun_ns: spun_ns.clone(),
+            due,
+            armed: None,
+            written: written.clone(),
+            rescues: rescues.clone(),
         };
         let handle = {
             let stop = stop.clone();
@@ -232,6 +289,9 @@ impl ClockThread {
                 spun_ns,
                 spin_floor_us: settings.spin_us,
                 started: std::time::Instant::now(),
+                standby,
+                written,
+                rescues,
             },
             trash_rx,
         ))
@@ -241,6 +301,15 @@ impl ClockThread {
     /// service's watchdog checks the thread is alive with it).
     pub fn heartbeat(&self) -> Arc<AtomicU64> {
         self.heartbeat.clone()
+    }
+
+    /// How many due writes the standby writer has made, or None when it is not running
+    /// (turned off, one CPU, or no descriptor outputs). It stays 0 when the standby could not
+    /// run real-time and ended at once.
+    pub fn standby_writes(&self) -> Option<u64> {
+        self.standby
+            .as_ref()
+            .map(|s| s.writes.load(Ordering::Relaxed))
     }
 
     /// Stops the thread after it sends Stop and All Notes Off, and says how far its spin
@@ -264,12 +333,24 @@ impl ClockThread {
                 self.spin_floor_us
             );
         }
+        if let Some(standby) = &self.standby {
+            tracing::info!(
+                "beat clock: the standby writer made {} of {} due writes, {} of them while the clock thread was over 250 µs late",
+                standby.writes.load(Ordering::Relaxed),
+                self.written.load(Ordering::Relaxed),
+                self.rescues.load(Ordering::Relaxed)
+            );
+        }
     }
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
+        }
+        // The clock thread left nothing armed: the standby has nothing more to write.
+        if let Some(standby) = self.standby.as_mut() {
+            standby.stop();
         }
     }
 }
@@ -286,11 +367,21 @@ impl Clock {
             // Every pass sleeps at most MAX_SLEEP_NS plus the spin window, so this keeps
             // advancing between songs too.
             self.heartbeat.fetch_add(1, Ordering::Relaxed);
+            // First take the armed write back (or collect it, made): nothing below may change
+            // what is due while the standby could still write it.
+            if !self.settle_due_write() {
+                sleep_until_ns(monotonic_ns() + STANDBY_BUSY_NS);
+                continue;
+            }
             self.handle_commands();
             self.follow_anchor();
             let now = monotonic_ns();
             self.pump_jack(now);
             let Some((deadline, is_tick)) = self.next_deadline() else {
+                self.sleep_until(now + MAX_SLEEP_NS);
+                continue;
+            };
+            let Some(armed) = self.arm(deadline, is_tick) else {
                 self.sleep_until(now + MAX_SLEEP_NS);
                 continue;
             };
@@ -314,10 +405,59 @@ impl Clock {
                 self.spun_ns.load(Ordering::Relaxed) + deadline.saturating_sub(spin_from),
                 Ordering::Relaxed,
             );
-            if is_tick {
-                self.send_tick(deadline);
-            } else {
-                self.send_event(deadline);
+            self.due.claim_and_write(armed, &self.outputs, false);
+        }
+        // Nothing may stay armed (the Stop that follows must be the last byte) nor uncollected.
+        while !self.settle_due_write() {
+            sleep_until_ns(monotonic_ns() + STANDBY_BUSY_NS);
+        }
+    }
+
+    /// Arms the write due at `deadline` for this thread and the standby; None when nothing
+    /// is due after all.
+    fn arm(&mut self, deadline: u64, is_tick: bool) -> Option<u64> {
+        let (stream, bytes, len) = self.due_bytes(is_tick)?;
+        let state = self.due.arm(deadline, stream, &bytes[..usize::from(len)]);
+        self.armed = Some(Armed {
+            deadline,
+            is_tick,
+            stream,
+        });
+        Some(state)
+    }
+
+    /// Takes the armed write back, or collects it once made (advancing the lane and filing
+    /// each output's lateness, whoever wrote it). False while the standby is writing.
+    fn settle_due_write(&mut self) -> bool {
+        match self.due.settle() {
+            Settled::Free => {
+                self.armed = None;
+                true
+            }
+            Settled::Busy => false,
+            Settled::Written { by_standby } => {
+                if let Some(armed) = self.armed.take() {
+                    self.written.fetch_add(1, Ordering::Relaxed);
+                    if by_standby && standby::is_rescue(armed.deadline, monotonic_ns()) {
+                        self.rescues.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if armed.is_tick {
+                        self.advance_tick(armed.deadline);
+                    } else {
+                        self.advance_event();
+                    }
+                    let metric = match armed.stream {
+                        Stream::Clock => Metric::ClockLateness,
+                        Stream::File => Metric::MidiEventLateness,
+                    };
+                    for (index, output) in self.outputs.iter().enumerate() {
+                        if let Some(lateness) = self.due.lateness(index) {
+                            self.stats.send_for_output(metric, output.tag, lateness);
+                        }
+                    }
+                }
+                self.due.release();
+                true
             }
         }
     }
@@ -589,15 +729,40 @@ impl Clock {
             .unwrap_or(0)
     }
 
-    fn send_tick(&mut self, deadline: u64) {
+    /// What the next write of the direct lane sends: a tick (with Start before a song's
+    /// first) or the next MIDI-file event, as (stream, bytes, length).
+    fn due_bytes(&self, is_tick: bool) -> Option<(Stream, [u8; 3], u8)> {
+        let Some(playing) = self.playing.as_ref() else {
+            return self
+                .free
+                .as_ref()
+                .filter(|_| is_tick)
+                .map(|_| (Stream::Clock, [TIMING_CLOCK, 0, 0], 1));
+        };
+        if is_tick {
+            return Some(if playing.direct.started {
+                (Stream::Clock, [TIMING_CLOCK, 0, 0], 1)
+            } else {
+                (Stream::Clock, [START, TIMING_CLOCK, 0], 2)
+            });
+        }
+        let event = self.songs[playing.slot]
+            .as_ref()?
+            .schedule
+            .as_ref()?
+            .events
+            .get(playing.direct.next_event)?;
+        Some((Stream::File, event.bytes, event.len))
+    }
+
+    /// Moves the direct lane past a tick written for `deadline`.
+    fn advance_tick(&mut self, deadline: u64) {
         let Some(playing) = self.playing.as_mut() else {
             if let Some(free) = self.free.as_mut() {
                 free.sent += 1;
-                self.write_due(Stream::Clock, &[TIMING_CLOCK], deadline);
             }
             return;
         };
-        let first = !playing.direct.started;
         let beat = playing.direct.next_tick as f64 / PPQN;
         let bpm = self.songs[playing.slot]
             .as_ref()
@@ -608,49 +773,12 @@ impl Clock {
         playing.direct.started = true;
         playing.direct.next_tick += 1;
         playing.direct.last_tick = Some((deadline, bpm));
-        if first {
-            self.write_due(Stream::Clock, &[START, TIMING_CLOCK], deadline);
-        } else {
-            self.write_due(Stream::Clock, &[TIMING_CLOCK], deadline);
-        }
     }
 
-    fn send_event(&mut self, deadline: u64) {
-        let Some(playing) = self.playing.as_mut() else {
-            return;
-        };
-        let Some(event) = self.songs[playing.slot]
-            .as_ref()
-            .and_then(|s| s.schedule.as_ref())
-            .and_then(|s| s.events.get(playing.direct.next_event))
-            .copied()
-        else {
-            return;
-        };
-        playing.direct.next_event += 1;
-        self.write_due(
-            Stream::File,
-            &event.bytes[..usize::from(event.len)],
-            deadline,
-        );
-    }
-
-    /// Writes `bytes` to every descriptor output carrying `stream`, in config order, and
-    /// records the lateness of each one that took them: completion of its own write −
-    /// `deadline` — the time that output really got its bytes, which includes the writes
-    /// before it. A missing output or a full buffer sends nothing and has no lateness (its
-    /// dropped bytes are counted and logged at the end; a loss is a device event).
-    fn write_due(&mut self, stream: Stream, bytes: &[u8], deadline: u64) {
-        let metric = match stream {
-            Stream::Clock => Metric::ClockLateness,
-            Stream::File => Metric::MidiEventLateness,
-        };
-        for output in self.outputs.iter().filter(|o| o.carries(stream)) {
-            // A missing output sends nothing, so it has no lateness to report.
-            if output.write(bytes) {
-                let lateness = monotonic_ns() as i64 - deadline as i64;
-                self.stats.send_for_output(metric, output.tag, lateness);
-            }
+    /// Moves the direct lane past a MIDI-file event written.
+    fn advance_event(&mut self) {
+        if let Some(playing) = self.playing.as_mut() {
+            playing.direct.next_event += 1;
         }
     }
 

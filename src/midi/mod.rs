@@ -6,6 +6,7 @@ pub mod file;
 pub mod jack;
 pub mod output;
 pub mod port;
+pub mod standby;
 
 pub use clock::{ClockCommand, ClockSettings, ClockSong, ClockThread};
 pub use file::{load_schedule, MidiSchedule};
