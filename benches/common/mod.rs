@@ -232,32 +232,56 @@ pub fn sleep_and_spin(
     spin_ns: u64,
     spin_max_ns: u64,
 ) -> Option<Vec<f64>> {
-    std::thread::spawn(move || {
-        let param = libc::sched_param { sched_priority: 80 };
-        // SAFETY: param is a valid sched_param; pid 0 is the calling thread.
-        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-            return None;
-        }
-        backline::rt::prefault_stack();
-        let mut window = backline::timing::SpinWindow::new(spin_ns, spin_max_ns);
-        let count = seconds * 1_000_000_000 / period_ns;
-        let mut lateness = Vec::with_capacity(count as usize);
-        let mut deadline = now_ns() + period_ns;
-        for _ in 0..count {
-            let target = deadline - window.window_ns();
-            backline::timing::sleep_until_ns(target);
-            let woke = now_ns();
-            window.observe(woke, woke.saturating_sub(target));
-            while now_ns() < deadline {
-                std::hint::spin_loop();
+    sleep_and_spin_pair(seconds, period_ns, spin_ns, spin_max_ns).map(|[alone, _, _]| alone)
+}
+
+/// [`sleep_and_spin`] as backline runs it with its standby writer (`midi::standby`): the
+/// clock's loop (SCHED_FIFO 80, adaptive window) and a second loop (SCHED_FIFO 69, fixed
+/// `spin_ns` window) to the same deadlines at once, on whichever vCPUs the kernel gives them.
+/// Returns the lateness of the first loop, of the second, and of the earlier of the two per
+/// deadline (what a device would see from two writers racing for each write), µs, sorted.
+pub fn sleep_and_spin_pair(
+    seconds: u64,
+    period_ns: u64,
+    spin_ns: u64,
+    spin_max_ns: u64,
+) -> Option<[Vec<f64>; 3]> {
+    let count = seconds * 1_000_000_000 / period_ns;
+    let first_deadline = now_ns() + 100_000_000;
+    let spawn = |priority: i32, max_ns: u64| {
+        std::thread::spawn(move || {
+            let param = libc::sched_param {
+                sched_priority: priority,
+            };
+            // SAFETY: param is a valid sched_param; pid 0 is the calling thread.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+                return None;
             }
-            lateness.push((now_ns() - deadline) as f64 / 1000.0);
-            deadline += period_ns;
-        }
-        lateness.sort_by(f64::total_cmp);
-        Some(lateness)
-    })
-    .join()
-    .ok()
-    .flatten()
+            backline::rt::prefault_stack();
+            let mut window = backline::timing::SpinWindow::new(spin_ns, max_ns);
+            let mut lateness = Vec::with_capacity(count as usize);
+            let mut deadline = first_deadline;
+            for _ in 0..count {
+                let target = deadline - window.window_ns();
+                backline::timing::sleep_until_ns(target);
+                let woke = now_ns();
+                window.observe(woke, woke.saturating_sub(target));
+                while now_ns() < deadline {
+                    std::hint::spin_loop();
+                }
+                lateness.push((now_ns() - deadline) as f64 / 1000.0);
+                deadline += period_ns;
+            }
+            Some(lateness)
+        })
+    };
+    let clock = spawn(80, spin_max_ns);
+    let standby = spawn(69, spin_ns);
+    let mut clock = clock.join().ok().flatten()?;
+    let mut standby = standby.join().ok().flatten()?;
+    let mut earlier: Vec<f64> = clock.iter().zip(&standby).map(|(a, b)| a.min(*b)).collect();
+    for v in [&mut clock, &mut standby, &mut earlier] {
+        v.sort_by(f64::total_cmp);
+    }
+    Some([clock, standby, earlier])
 }

@@ -825,6 +825,19 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_standby_is_on_unless_turned_off() {
+        let parse = |text: &str| Config::parse(Path::new("b.yaml"), text);
+        assert!(parse("songs: s\n").expect("default").realtime.clock_standby);
+        let off = parse("realtime:\n  clock_standby: false\n").expect("off");
+        assert!(!off.realtime.clock_standby);
+        let errors = parse("realtime:\n  clock_standby: maybe\n").expect_err("not a bool");
+        assert!(
+            errors.iter().any(|e| e.to_string().contains("b.yaml:2:")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn the_spin_window_may_widen_up_to_spin_max_us() {
         let parse = |text: &str| Config::parse(Path::new("b.yaml"), text);
         let default = parse("songs: s\n").expect("default");

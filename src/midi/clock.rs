@@ -28,8 +28,12 @@ use crate::stats::{Metric, SampleSender};
 use crate::timing::anchor::AnchorReader;
 use crate::timing::{sleep_until_ns, AudioClock, SpinWindow, TempoMap};
 
-/// How long the clock thread waits before looking again while the standby is writing, ns.
-const STANDBY_BUSY_NS: u64 = 20_000;
+/// While the standby is writing (one `write(2)` per output, a few µs), the clock thread
+/// spins this long for it, ns, so that a write due at the same deadline (a note on the beat,
+/// a chord) follows at once; then it sleeps [`STANDBY_BUSY_SLEEP_NS`] at a time (the standby's
+/// vCPU stalled mid-write).
+const STANDBY_BUSY_SPIN_NS: u64 = 100_000;
+const STANDBY_BUSY_SLEEP_NS: u64 = 20_000;
 
 /// MIDI real-time and system common bytes.
 pub const TIMING_CLOCK: u8 = 0xF8;
@@ -105,8 +109,9 @@ pub struct ClockThread {
     spin_floor_us: u32,
     started: std::time::Instant,
     standby: Option<Standby>,
-    /// Due writes made, and those the standby made while this thread was over 250 µs late.
+    /// Due writes made.
     written: Arc<AtomicU64>,
+    /// Writes the standby made while this thread was over `standby::RESCUE_NS` late.
     rescues: Arc<AtomicU64>,
 }
 
@@ -169,6 +174,8 @@ struct Clock {
     /// The next due write, shared with the standby thread.
     due: Arc<DueWrite>,
     armed: Option<Armed>,
+    /// When this thread got to the armed write: its own claim, won or lost.
+    reached_ns: Option<u64>,
     written: Arc<AtomicU64>,
     rescues: Arc<AtomicU64>,
 }
@@ -261,6 +268,7 @@ impl ClockThread {
             spun_ns: spun_ns.clone(),
             due,
             armed: None,
+            reached_ns: None,
             written: written.clone(),
             rescues: rescues.clone(),
         };
@@ -303,12 +311,13 @@ impl ClockThread {
         self.heartbeat.clone()
     }
 
-    /// How many due writes the standby writer has made, or None when it is not running
-    /// (turned off, one CPU, or no descriptor outputs). It stays 0 when the standby could not
-    /// run real-time and ended at once.
+    /// How many due writes the standby writer has made, or None when it does not run
+    /// (`realtime.clock_standby: false`, real-time off or refused, one CPU, or no descriptor
+    /// outputs).
     pub fn standby_writes(&self) -> Option<u64> {
         self.standby
             .as_ref()
+            .filter(|s| s.realtime() == Some(true))
             .map(|s| s.writes.load(Ordering::Relaxed))
     }
 
@@ -333,13 +342,18 @@ impl ClockThread {
                 self.spin_floor_us
             );
         }
-        if let Some(standby) = &self.standby {
-            tracing::info!(
-                "beat clock: the standby writer made {} of {} due writes, {} of them while the clock thread was over 250 µs late",
+        match self.standby.as_ref().map(|s| (s, s.realtime())) {
+            Some((standby, Some(true))) => tracing::info!(
+                "beat clock: the standby writer made {} of {} due writes, {} of them while the clock thread was over {} µs late",
                 standby.writes.load(Ordering::Relaxed),
                 self.written.load(Ordering::Relaxed),
-                self.rescues.load(Ordering::Relaxed)
-            );
+                self.rescues.load(Ordering::Relaxed),
+                standby::RESCUE_NS / 1000
+            ),
+            Some((_, Some(false))) => tracing::info!(
+                "beat clock: no standby writer (it could not run real-time, see the clock's real-time line)"
+            ),
+            _ => {}
         }
     }
 
@@ -364,15 +378,14 @@ impl Drop for ClockThread {
 impl Clock {
     fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Acquire) {
-            // Every pass sleeps at most MAX_SLEEP_NS plus the spin window, so this keeps
-            // advancing between songs too.
-            self.heartbeat.fetch_add(1, Ordering::Relaxed);
             // First take the armed write back (or collect it, made): nothing below may change
             // what is due while the standby could still write it.
             if !self.settle_due_write() {
-                sleep_until_ns(monotonic_ns() + STANDBY_BUSY_NS);
                 continue;
             }
+            // Every pass sleeps at most MAX_SLEEP_NS plus the spin window, so this keeps
+            // advancing between songs too (not while a stopped standby holds a write).
+            self.heartbeat.fetch_add(1, Ordering::Relaxed);
             self.handle_commands();
             self.follow_anchor();
             let now = monotonic_ns();
@@ -405,12 +418,11 @@ impl Clock {
                 self.spun_ns.load(Ordering::Relaxed) + deadline.saturating_sub(spin_from),
                 Ordering::Relaxed,
             );
+            self.reached_ns = Some(monotonic_ns());
             self.due.claim_and_write(armed, &self.outputs, false);
         }
         // Nothing may stay armed (the Stop that follows must be the last byte) nor uncollected.
-        while !self.settle_due_write() {
-            sleep_until_ns(monotonic_ns() + STANDBY_BUSY_NS);
-        }
+        while !self.settle_due_write() {}
     }
 
     /// Arms the write due at `deadline` for this thread and the standby; None when nothing
@@ -427,18 +439,31 @@ impl Clock {
     }
 
     /// Takes the armed write back, or collects it once made (advancing the lane and filing
-    /// each output's lateness, whoever wrote it). False while the standby is writing.
+    /// each output's lateness, whoever wrote it). While the standby is writing it waits up to
+    /// [`STANDBY_BUSY_SPIN_NS`] spinning, then one short sleep, and returns false if the
+    /// write is still not made.
     fn settle_due_write(&mut self) -> bool {
-        match self.due.settle() {
+        let mut settled = self.due.settle();
+        let busy_since = monotonic_ns();
+        while settled == Settled::Busy && monotonic_ns() - busy_since < STANDBY_BUSY_SPIN_NS {
+            std::hint::spin_loop();
+            settled = self.due.settle();
+        }
+        match settled {
             Settled::Free => {
                 self.armed = None;
+                self.reached_ns = None;
                 true
             }
-            Settled::Busy => false,
+            Settled::Busy => {
+                sleep_until_ns(monotonic_ns() + STANDBY_BUSY_SLEEP_NS);
+                false
+            }
             Settled::Written { by_standby } => {
+                let reached = self.reached_ns.take().unwrap_or_else(monotonic_ns);
                 if let Some(armed) = self.armed.take() {
                     self.written.fetch_add(1, Ordering::Relaxed);
-                    if by_standby && standby::is_rescue(armed.deadline, monotonic_ns()) {
+                    if by_standby && standby::is_rescue(armed.deadline, reached) {
                         self.rescues.fetch_add(1, Ordering::Relaxed);
                     }
                     if armed.is_tick {

@@ -18,8 +18,17 @@
 //! Position Pointer or All Notes Off is only written while nothing is armed, so the order
 //! on the wire is the clock thread's order. Both loops follow DESIGN.md's RT rules: atomics,
 //! `clock_nanosleep`, `write(2)`; no allocation, lock or log.
+//!
+//! Limits, on purpose: one write is armed at a time, so a stall covers the write due in it,
+//! not a second one due before the clock thread runs again (the next tick is a tick interval
+//! away — 8.3 ms at 300 BPM, longer than nearly every stall — but the notes of a chord share
+//! a deadline). A write armed before a stall goes out even if the transport stopped during
+//! the stall, before the clock thread sends the Stop: the order on the wire is still right.
+//! The standby runs SCHED_FIFO one below the audio priority, not at the clock's: on a
+//! two-core machine both clock threads spinning at once must never keep the audio callback
+//! from a core.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
@@ -40,12 +49,17 @@ const DONE: u64 = 3;
 /// Lateness of an output that did not take the bytes (missing, full, or not its stream).
 const NOT_WRITTEN: i64 = i64::MIN;
 /// How often an idle standby looks for an armed write, ns. The clock thread arms the next
-/// write as soon as the previous one is collected, a tick interval ahead, so 1 ms finds it
-/// in time; it costs one wake-up per ms of a thread that then sleeps again.
+/// write on the pass after it collects the previous one, and re-arms it on every pass (at
+/// most 2 ms apart), so 1 ms finds it in time unless writes are under a ms apart; it costs
+/// one wake-up per ms of a thread that then sleeps again.
 const POLL_NS: u64 = 1_000_000;
 /// The clock thread reaching a write this long after its deadline, with the standby having
 /// made it, counts as a rescue in the closing log line.
-const RESCUE_NS: u64 = 250_000;
+pub const RESCUE_NS: u64 = 250_000;
+/// [`Standby::realtime`] before the thread has tried to promote itself.
+const PROMOTION_PENDING: u8 = 0;
+const PROMOTION_REALTIME: u8 = 1;
+const PROMOTION_FAILED: u8 = 2;
 
 /// What a [`DueWrite`] holds for the clock thread once a write is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +106,12 @@ impl DueWrite {
     /// Clock thread, slot [`Settled::Free`]: arms `bytes` (at most 3) on `stream` for
     /// `deadline` and returns the arming's state for [`DueWrite::claim_and_write`].
     pub fn arm(&self, deadline: u64, stream: Stream, bytes: &[u8]) -> u64 {
+        debug_assert_eq!(
+            self.state.load(Ordering::Relaxed) & 3,
+            IDLE,
+            "armed while busy"
+        );
+        debug_assert!(bytes.len() <= 3, "a due write is one short MIDI message");
         let len = bytes.len().min(3);
         let mut payload = (len as u32) << 24;
         for (i, &b) in bytes.iter().take(3).enumerate() {
@@ -189,6 +209,7 @@ impl DueWrite {
     /// After [`Settled::Written`] and reading the figures: the slot is the clock thread's.
     pub fn release(&self) {
         let state = self.state.load(Ordering::Relaxed);
+        debug_assert_eq!(state & 3, DONE, "released before it was written");
         self.state.store((state & !3) | IDLE, Ordering::Release);
     }
 
@@ -199,7 +220,7 @@ impl DueWrite {
     }
 
     /// Standby: whether `armed` is still the current arming.
-    fn still(&self, armed: u64) -> bool {
+    fn is_current(&self, armed: u64) -> bool {
         self.state.load(Ordering::Relaxed) == armed
     }
 }
@@ -210,13 +231,16 @@ pub struct Standby {
     handle: Option<JoinHandle<()>>,
     /// Writes the standby made.
     pub writes: Arc<AtomicU64>,
+    /// Whether it runs real-time (`PROMOTION_*`).
+    promotion: Arc<AtomicU8>,
 }
 
 impl Standby {
-    /// Starts the standby for `due` on `outputs`. It promotes itself like the clock thread
-    /// (`realtime.cpus`, SCHED_FIFO at the clock priority) and ends at once when it cannot
-    /// run real-time: at normal priority a second spinning thread costs the machine more than
-    /// it saves. It spins `spin_ns` before each deadline (the clock's shortest window).
+    /// Starts the standby for `due` on `outputs`. It promotes itself (`realtime.cpus`,
+    /// SCHED_FIFO one below the audio priority, see the module doc) and ends at once when it
+    /// cannot run real-time: at normal priority a second spinning thread costs the machine
+    /// more than it saves. It spins `spin_ns` before each deadline (the clock's shortest
+    /// window).
     pub fn start(
         due: Arc<DueWrite>,
         outputs: Vec<Arc<OutputSlot>>,
@@ -226,13 +250,29 @@ impl Standby {
     ) -> Result<Standby, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(AtomicU64::new(0));
+        let promotion = Arc::new(AtomicU8::new(PROMOTION_PENDING));
+        let settings = RtSettings {
+            clock_priority: rt
+                .audio_priority
+                .min(rt.clock_priority)
+                .saturating_sub(1)
+                .max(1),
+            ..rt
+        };
         let handle = {
-            let (stop, writes) = (stop.clone(), writes.clone());
+            let (stop, writes, promotion) = (stop.clone(), writes.clone(), promotion.clone());
             thread::Builder::new()
-                .name("backline-clock2".into())
+                .name("backline-standby".into())
                 .spawn(move || {
                     rt::prefault_stack();
-                    if !rt::promote_helper_thread(Role::Clock, &rt, &probe) {
+                    let realtime = rt::promote_helper_thread(Role::Clock, &settings, &probe);
+                    let outcome = if realtime {
+                        PROMOTION_REALTIME
+                    } else {
+                        PROMOTION_FAILED
+                    };
+                    promotion.store(outcome, Ordering::Release);
+                    if !realtime {
                         return;
                     }
                     assert_no_alloc::assert_no_alloc(|| {
@@ -245,7 +285,17 @@ impl Standby {
             stop,
             handle: Some(handle),
             writes,
+            promotion,
         })
+    }
+
+    /// Whether the standby runs real-time: None until it has tried, false when it could not
+    /// (then it has ended and makes no writes).
+    pub fn realtime(&self) -> Option<bool> {
+        match self.promotion.load(Ordering::Acquire) {
+            PROMOTION_PENDING => None,
+            state => Some(state == PROMOTION_REALTIME),
+        }
     }
 
     /// Stops the thread (it makes no write after this returns).
@@ -283,7 +333,7 @@ fn standby_loop(
             sleep_until_ns((deadline - spin_ns).min(now + POLL_NS));
             continue;
         }
-        while monotonic_ns() < deadline && due.still(armed) {
+        while monotonic_ns() < deadline && due.is_current(armed) {
             std::hint::spin_loop();
         }
         if due.claim_and_write(armed, outputs, true) {
