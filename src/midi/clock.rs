@@ -344,11 +344,15 @@ impl ClockThread {
         }
         match self.standby.as_ref().map(|s| (s, s.realtime())) {
             Some((standby, Some(true))) => tracing::info!(
-                "beat clock: the standby writer made {} of {} due writes, {} of them while the clock thread was over {} µs late",
+                "beat clock: the standby writer made {} of {} due writes, {} of them while the clock thread was over {} µs late; its {}",
                 standby.writes.load(Ordering::Relaxed),
                 self.written.load(Ordering::Relaxed),
                 self.rescues.load(Ordering::Relaxed),
-                standby::RESCUE_NS / 1000
+                standby::RESCUE_NS / 1000,
+                busy_wait_share(
+                    standby.spun_ns.load(Ordering::Relaxed),
+                    self.started.elapsed().as_nanos()
+                )
             ),
             Some((_, Some(false))) => tracing::info!(
                 "beat clock: no standby writer (it could not run real-time, see the clock's real-time line)"

@@ -231,6 +231,8 @@ pub struct Standby {
     handle: Option<JoinHandle<()>>,
     /// Writes the standby made.
     pub writes: Arc<AtomicU64>,
+    /// Time it has spent busy-waiting before deadlines, ns.
+    pub spun_ns: Arc<AtomicU64>,
     /// Whether it runs real-time (`PROMOTION_*`).
     promotion: Arc<AtomicU8>,
 }
@@ -250,6 +252,7 @@ impl Standby {
     ) -> Result<Standby, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(AtomicU64::new(0));
+        let spun_ns = Arc::new(AtomicU64::new(0));
         let promotion = Arc::new(AtomicU8::new(PROMOTION_PENDING));
         let settings = RtSettings {
             clock_priority: rt
@@ -260,7 +263,12 @@ impl Standby {
             ..rt
         };
         let handle = {
-            let (stop, writes, promotion) = (stop.clone(), writes.clone(), promotion.clone());
+            let (stop, writes, spun_ns, promotion) = (
+                stop.clone(),
+                writes.clone(),
+                spun_ns.clone(),
+                promotion.clone(),
+            );
             thread::Builder::new()
                 .name("backline-standby".into())
                 .spawn(move || {
@@ -276,7 +284,7 @@ impl Standby {
                         return;
                     }
                     assert_no_alloc::assert_no_alloc(|| {
-                        standby_loop(&due, &outputs, spin_ns, &stop, &writes);
+                        standby_loop(&due, &outputs, spin_ns, &stop, &writes, &spun_ns);
                     });
                 })
                 .map_err(|e| format!("cannot start the clock's standby thread: {e}"))?
@@ -285,6 +293,7 @@ impl Standby {
             stop,
             handle: Some(handle),
             writes,
+            spun_ns,
             promotion,
         })
     }
@@ -321,6 +330,7 @@ fn standby_loop(
     spin_ns: u64,
     stop: &AtomicBool,
     writes: &AtomicU64,
+    spun_ns: &AtomicU64,
 ) {
     while !stop.load(Ordering::Acquire) {
         let now = monotonic_ns();
@@ -333,9 +343,15 @@ fn standby_loop(
             sleep_until_ns((deadline - spin_ns).min(now + POLL_NS));
             continue;
         }
+        let spin_from = monotonic_ns();
         while monotonic_ns() < deadline && due.is_current(armed) {
             std::hint::spin_loop();
         }
+        // One writer (this loop): a load and a store, no read-modify-write needed.
+        spun_ns.store(
+            spun_ns.load(Ordering::Relaxed) + monotonic_ns().saturating_sub(spin_from),
+            Ordering::Relaxed,
+        );
         if due.claim_and_write(armed, outputs, true) {
             writes.fetch_add(1, Ordering::Relaxed);
         }
