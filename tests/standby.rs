@@ -2,6 +2,8 @@
 //! and then never got to (as when the host stalls its vCPU) is made by the standby, once, at
 //! its deadline and never before it; a write taken back is never made.
 
+mod common;
+
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
@@ -13,18 +15,6 @@ use backline::midi::jack::Stream;
 use backline::midi::standby::{DueWrite, Settled, Standby};
 use backline::midi::Outputs;
 use backline::rt::{self, RtSettings};
-
-/// Polls `done` for up to 5 s.
-fn wait_for(done: impl Fn() -> bool) -> bool {
-    let until = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < until {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    done()
-}
 
 /// Reads whatever the FIFO holds now.
 fn drain(fifo: &mut std::fs::File) -> Vec<u8> {
@@ -76,7 +66,7 @@ fn the_standby_makes_a_write_the_clock_thread_never_reached() {
     )
     .expect("standby thread");
     assert!(
-        wait_for(|| standby.realtime().is_some()),
+        common::wait_until(Duration::from_secs(5), || standby.realtime().is_some()),
         "the standby tried to promote itself"
     );
     if standby.realtime() != Some(true) {
