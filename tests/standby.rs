@@ -1,6 +1,6 @@
-//! The beat clock's standby writer on its own, on a real FIFO: a write the clock thread armed
-//! and then never got to (as when the host stalls its vCPU) is made by the standby, once, at
-//! its deadline and never before it; a write taken back is never made.
+//! The beat clock's standby writer on its own, on a real FIFO: writes the clock thread armed
+//! and then never got to (as when the host stalls its vCPU) are made by the standby, each
+//! once, in order, at its deadline and never before it; writes taken back are never made.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 use backline::engine::callback::monotonic_ns;
 use backline::library::{MidiOutputConfig, MidiTarget};
 use backline::midi::jack::Stream;
-use backline::midi::standby::{DueWrite, Settled, Standby};
+use backline::midi::standby::{DueWrites, Settled, Standby};
 use backline::midi::Outputs;
 use backline::rt::{self, RtSettings};
 
@@ -56,7 +56,7 @@ fn the_standby_makes_a_write_the_clock_thread_never_reached() {
         RtSettings::default(),
     );
     assert!(outputs.slots[0].is_connected(), "the FIFO output is open");
-    let due = Arc::new(DueWrite::new(1));
+    let due = Arc::new(DueWrites::new(1));
     let mut standby = Standby::start(
         due.clone(),
         outputs.slots.clone(),
@@ -78,17 +78,56 @@ fn the_standby_makes_a_write_the_clock_thread_never_reached() {
     let mut lateness = Vec::new();
     for _ in 0..20 {
         let deadline = monotonic_ns() + 10_000_000;
-        due.arm(deadline, Stream::Clock, &[0xF8]);
+        due.arm(deadline, Stream::Clock, &[0xF8]).expect("room");
         std::thread::sleep(Duration::from_millis(25));
         assert_eq!(
             due.settle(),
-            Settled::Written { by_standby: true },
+            Settled::Free { written: 1 },
             "the standby made the write"
         );
-        lateness.push(due.lateness(0).expect("the output took the byte"));
-        due.release();
+        assert!(due.written_by_standby(0));
+        lateness.push(due.lateness(0, 0).expect("the output took the byte"));
         assert_eq!(drain(&mut fifo), [0xF8], "one tick on the wire, once");
     }
+
+    // A stall over several writes: three ticks 8 ms apart and a note between, all armed,
+    // and the clock thread back only after the last. Each goes out, in order, on time.
+    let start = monotonic_ns() + 10_000_000;
+    let plan: [(u64, &[u8]); 4] = [
+        (start, &[0xF8]),
+        (start + 4_000_000, &[0x90, 60, 100]),
+        (start + 8_000_000, &[0xF8]),
+        (start + 16_000_000, &[0xF8]),
+    ];
+    for (deadline, bytes) in plan {
+        let stream = if bytes.len() == 1 {
+            Stream::Clock
+        } else {
+            Stream::File
+        };
+        due.arm(deadline, stream, bytes).expect("room");
+    }
+    std::thread::sleep(Duration::from_millis(40));
+    assert_eq!(
+        due.settle(),
+        Settled::Free { written: 4 },
+        "the standby made all four (the note on no output: the FIFO carries the clock only)"
+    );
+    assert!((0..4).all(|index| due.written_by_standby(index)));
+    assert_eq!(
+        due.lateness(1, 0),
+        None,
+        "the note is not the FIFO's stream"
+    );
+    for index in [0, 2, 3] {
+        lateness.push(due.lateness(index, 0).expect("the output took the tick"));
+    }
+    assert_eq!(
+        drain(&mut fifo),
+        [0xF8; 3],
+        "three ticks on the wire, each once"
+    );
+
     // Never early: the bytes went out at or after their deadline.
     assert!(
         lateness.iter().all(|&l| l >= 0),
@@ -101,17 +140,27 @@ fn the_standby_makes_a_write_the_clock_thread_never_reached() {
         "median lateness under 2 ms: {lateness:?}"
     );
 
-    // A write the clock thread takes back before its deadline never goes out.
-    due.arm(monotonic_ns() + 10_000_000, Stream::Clock, &[0xF8]);
-    assert_eq!(due.settle(), Settled::Free, "taken back");
+    // Writes the clock thread takes back before their deadline never go out: of two armed
+    // 10 and 30 ms ahead, taken back after 20 ms, only the first is made.
+    let now = monotonic_ns();
+    due.arm(now + 10_000_000, Stream::Clock, &[0xF8])
+        .expect("room");
+    due.arm(now + 30_000_000, Stream::Clock, &[0xF8])
+        .expect("room");
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(
+        due.settle(),
+        Settled::Free { written: 1 },
+        "one made, one taken back"
+    );
     std::thread::sleep(Duration::from_millis(25));
-    assert!(drain(&mut fifo).is_empty(), "nothing written");
-    assert_eq!(due.settle(), Settled::Free);
+    assert_eq!(drain(&mut fifo), [0xF8], "only the first on the wire");
+    assert_eq!(due.settle(), Settled::Free { written: 0 });
 
     standby.stop();
     assert_eq!(
         standby.writes.load(std::sync::atomic::Ordering::Relaxed),
-        20,
+        20 + 4 + 1,
         "the standby counted its writes"
     );
     drop(outputs);

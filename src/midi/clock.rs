@@ -21,7 +21,7 @@ use std::thread::{self, JoinHandle};
 use super::file::MidiSchedule;
 use super::jack::{JackMidiFeed, Stream};
 use super::output::OutputSlot;
-use super::standby::{self, DueWrite, Settled, Standby};
+use super::standby::{self, ArmedWrite, DueWrites, Settled, Standby};
 use crate::engine::callback::monotonic_ns;
 use crate::rt::{self, ProbeSummary, Role, RtSettings};
 use crate::stats::{Metric, SampleSender};
@@ -115,13 +115,19 @@ pub struct ClockThread {
     rescues: Arc<AtomicU64>,
 }
 
-/// The write armed in [`DueWrite`], as the clock thread needs it back.
+/// A write armed in [`DueWrites`], as the clock thread needs it back to collect it.
 #[derive(Clone, Copy)]
-struct Armed {
+struct Planned {
     deadline: u64,
     is_tick: bool,
     stream: Stream,
 }
+
+const NOTHING_PLANNED: Planned = Planned {
+    deadline: 0,
+    is_tick: false,
+    stream: Stream::Clock,
+};
 
 /// Where one lane is in the current song.
 #[derive(Clone, Copy, Default)]
@@ -131,6 +137,14 @@ struct Cursor {
     started: bool,
     /// Deadline and tempo of the last tick sent, where a free run continues from.
     last_tick: Option<(u64, f64)>,
+}
+
+/// Where the direct lane stands: the song's cursor, or the free run's ticks sent. A copy
+/// looks ahead (arming the next writes) without moving the lane itself.
+#[derive(Clone, Copy, Default)]
+struct DirectPosition {
+    song: Cursor,
+    free_sent: u64,
 }
 
 /// Per-song play state inside the hot loop (plain values, no allocation).
@@ -171,10 +185,12 @@ struct Clock {
     spin_report: Arc<AtomicU64>,
     /// Busy-wait time so far, ns (one writer: this loop).
     spun_ns: Arc<AtomicU64>,
-    /// The next due write, shared with the standby thread.
-    due: Arc<DueWrite>,
-    armed: Option<Armed>,
-    /// When this thread got to the armed write: its own claim, won or lost.
+    /// The next due writes, shared with the standby thread.
+    due: Arc<DueWrites>,
+    /// What is armed in `due`, in order (the first `planned_len`).
+    planned: [Planned; standby::CAPACITY],
+    planned_len: usize,
+    /// When this thread got to the first armed write: its own claim, won or lost.
     reached_ns: Option<u64>,
     written: Arc<AtomicU64>,
     rescues: Arc<AtomicU64>,
@@ -217,7 +233,7 @@ impl ClockThread {
         let heartbeat = Arc::new(AtomicU64::new(0));
         let spin_report = Arc::new(AtomicU64::new(0));
         let spun_ns = Arc::new(AtomicU64::new(0));
-        let due = Arc::new(DueWrite::new(outputs.len()));
+        let due = Arc::new(DueWrites::new(outputs.len()));
         let written = Arc::new(AtomicU64::new(0));
         let rescues = Arc::new(AtomicU64::new(0));
         // Only descriptor outputs wait for deadlines (JACK MIDI is queued ahead), and with a
@@ -267,7 +283,8 @@ impl ClockThread {
             spin_report: spin_report.clone(),
             spun_ns: spun_ns.clone(),
             due,
-            armed: None,
+            planned: [NOTHING_PLANNED; standby::CAPACITY],
+            planned_len: 0,
             reached_ns: None,
             written: written.clone(),
             rescues: rescues.clone(),
@@ -382,9 +399,9 @@ impl Drop for ClockThread {
 impl Clock {
     fn run(&mut self, stop: &AtomicBool) {
         while !stop.load(Ordering::Acquire) {
-            // First take the armed write back (or collect it, made): nothing below may change
-            // what is due while the standby could still write it.
-            if !self.settle_due_write() {
+            // First take the armed writes back (collecting those made): nothing below may
+            // change what is due while the standby could still write it.
+            if !self.settle_due_writes() {
                 continue;
             }
             // Every pass sleeps at most MAX_SLEEP_NS plus the spin window, so this keeps
@@ -394,11 +411,7 @@ impl Clock {
             self.follow_anchor();
             let now = monotonic_ns();
             self.pump_jack(now);
-            let Some((deadline, is_tick)) = self.next_deadline() else {
-                self.sleep_until(now + MAX_SLEEP_NS);
-                continue;
-            };
-            let Some(armed) = self.arm(deadline, is_tick) else {
+            let Some((first, deadline)) = self.arm_ahead(now) else {
                 self.sleep_until(now + MAX_SLEEP_NS);
                 continue;
             };
@@ -423,72 +436,81 @@ impl Clock {
                 Ordering::Relaxed,
             );
             self.reached_ns = Some(monotonic_ns());
-            self.due.claim_and_write(armed, &self.outputs, false);
+            self.due.claim_and_write(first, &self.outputs, false);
         }
         // Nothing may stay armed (the Stop that follows must be the last byte) nor uncollected.
-        while !self.settle_due_write() {}
+        while !self.settle_due_writes() {}
     }
 
-    /// Arms the write due at `deadline` for this thread and the standby; None when nothing
-    /// is due after all.
-    fn arm(&mut self, deadline: u64, is_tick: bool) -> Option<u64> {
-        let (stream, bytes, len) = self.due_bytes(is_tick)?;
-        let state = self.due.arm(deadline, stream, &bytes[..usize::from(len)]);
-        self.armed = Some(Armed {
-            deadline,
-            is_tick,
-            stream,
-        });
-        Some(state)
+    /// Arms the direct lane's next writes for this thread and the standby, in order: the
+    /// first whatever its deadline, then up to [`standby::CAPACITY`] due before now +
+    /// [`standby::ARM_HORIZON_NS`]. Returns the first and its deadline; None when nothing is
+    /// due.
+    fn arm_ahead(&mut self, now: u64) -> Option<(ArmedWrite, u64)> {
+        let mut ahead = self.direct_position();
+        let mut first = None;
+        while let Some((deadline, is_tick)) = self.next_deadline(&ahead) {
+            if first.is_some() && deadline > now + standby::ARM_HORIZON_NS {
+                break;
+            }
+            let Some((stream, bytes, len)) = self.due_bytes(&ahead, is_tick) else {
+                break;
+            };
+            let Some(write) = self.due.arm(deadline, stream, &bytes[..usize::from(len)]) else {
+                break;
+            };
+            self.planned[write.index()] = Planned {
+                deadline,
+                is_tick,
+                stream,
+            };
+            self.planned_len = write.index() + 1;
+            first.get_or_insert((write, deadline));
+            self.step(&mut ahead, is_tick, deadline);
+        }
+        first
     }
 
-    /// Takes the armed write back, or collects it once made (advancing the lane and filing
-    /// each output's lateness, whoever wrote it). While the standby is writing it waits up to
-    /// [`STANDBY_BUSY_SPIN_NS`] spinning, then one short sleep, and returns false if the
+    /// Takes the armed writes back, collecting those made (advancing the lane and filing
+    /// each output's lateness, whoever wrote them). While the standby is writing it waits up
+    /// to [`STANDBY_BUSY_SPIN_NS`] spinning, then one short sleep, and returns false if the
     /// write is still not made.
-    fn settle_due_write(&mut self) -> bool {
+    fn settle_due_writes(&mut self) -> bool {
         let mut settled = self.due.settle();
         let busy_since = monotonic_ns();
         while settled == Settled::Busy && monotonic_ns() - busy_since < STANDBY_BUSY_SPIN_NS {
             std::hint::spin_loop();
             settled = self.due.settle();
         }
-        match settled {
-            Settled::Free => {
-                self.armed = None;
-                self.reached_ns = None;
-                true
+        let Settled::Free { written } = settled else {
+            sleep_until_ns(monotonic_ns() + STANDBY_BUSY_SLEEP_NS);
+            return false;
+        };
+        let now = monotonic_ns();
+        // Its own claim for the first write; any later one it reaches only now.
+        let reached_first = self.reached_ns.take().unwrap_or(now);
+        let mut position = self.direct_position();
+        for index in 0..written.min(self.planned_len) {
+            let planned = self.planned[index];
+            self.written.fetch_add(1, Ordering::Relaxed);
+            let reached = if index == 0 { reached_first } else { now };
+            if self.due.written_by_standby(index) && standby::is_rescue(planned.deadline, reached) {
+                self.rescues.fetch_add(1, Ordering::Relaxed);
             }
-            Settled::Busy => {
-                sleep_until_ns(monotonic_ns() + STANDBY_BUSY_SLEEP_NS);
-                false
-            }
-            Settled::Written { by_standby } => {
-                let reached = self.reached_ns.take().unwrap_or_else(monotonic_ns);
-                if let Some(armed) = self.armed.take() {
-                    self.written.fetch_add(1, Ordering::Relaxed);
-                    if by_standby && standby::is_rescue(armed.deadline, reached) {
-                        self.rescues.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if armed.is_tick {
-                        self.advance_tick(armed.deadline);
-                    } else {
-                        self.advance_event();
-                    }
-                    let metric = match armed.stream {
-                        Stream::Clock => Metric::ClockLateness,
-                        Stream::File => Metric::MidiEventLateness,
-                    };
-                    for (index, output) in self.outputs.iter().enumerate() {
-                        if let Some(lateness) = self.due.lateness(index) {
-                            self.stats.send_for_output(metric, output.tag, lateness);
-                        }
-                    }
+            self.step(&mut position, planned.is_tick, planned.deadline);
+            let metric = match planned.stream {
+                Stream::Clock => Metric::ClockLateness,
+                Stream::File => Metric::MidiEventLateness,
+            };
+            for (output_index, output) in self.outputs.iter().enumerate() {
+                if let Some(lateness) = self.due.lateness(index, output_index) {
+                    self.stats.send_for_output(metric, output.tag, lateness);
                 }
-                self.due.release();
-                true
             }
         }
+        self.set_direct_position(position);
+        self.planned_len = 0;
+        true
     }
 
     fn spin_ns(&self) -> u64 {
@@ -709,26 +731,45 @@ impl Clock {
         self.audio.time_of_frame(frame.round() as u64)
     }
 
-    /// The earliest pending deadline of the direct lane: (time, is it a clock tick).
-    fn next_deadline(&self) -> Option<(u64, bool)> {
+    /// The direct lane's position now.
+    fn direct_position(&self) -> DirectPosition {
+        DirectPosition {
+            song: self.playing.as_ref().map(|p| p.direct).unwrap_or_default(),
+            free_sent: self.free.as_ref().map_or(0, |f| f.sent),
+        }
+    }
+
+    /// Moves the direct lane to `position` (its writes were made).
+    fn set_direct_position(&mut self, position: DirectPosition) {
+        if let Some(playing) = self.playing.as_mut() {
+            playing.direct = position.song;
+        } else if let Some(free) = self.free.as_mut() {
+            free.sent = position.free_sent;
+        }
+    }
+
+    /// The earliest pending deadline of the direct lane at `at`: (time, is it a clock tick).
+    fn next_deadline(&self, at: &DirectPosition) -> Option<(u64, bool)> {
         if self.outputs.is_empty() {
             // JACK outputs only: nothing waits for a deadline.
             return None;
         }
         let Some(playing) = self.playing.as_ref() else {
-            return self
-                .free
-                .as_ref()
-                .map(|f| (f.from + ((f.sent + 1) as f64 * f.interval_ns) as u64, true));
+            return self.free.as_ref().map(|f| {
+                (
+                    f.from + ((at.free_sent + 1) as f64 * f.interval_ns) as u64,
+                    true,
+                )
+            });
         };
         let song = self.songs[playing.slot].as_ref()?;
         let tick = song.tempo.as_ref().and_then(|tempo| {
-            let seconds = tempo.seconds_at_beat(playing.direct.next_tick as f64 / PPQN);
+            let seconds = tempo.seconds_at_beat(at.song.next_tick as f64 / PPQN);
             self.deadline_of(playing.start_frame, seconds)
                 .map(|t| offset(t, self.clock_offset()))
         });
         let event = song.schedule.as_ref().and_then(|schedule| {
-            let event = schedule.events.get(playing.direct.next_event)?;
+            let event = schedule.events.get(at.song.next_event)?;
             self.deadline_of(playing.start_frame, event.seconds)
                 .map(|t| offset(t, self.file_offset()))
         });
@@ -758,9 +799,9 @@ impl Clock {
             .unwrap_or(0)
     }
 
-    /// What the next write of the direct lane sends: a tick (with Start before a song's
-    /// first) or the next MIDI-file event, as (stream, bytes, length).
-    fn due_bytes(&self, is_tick: bool) -> Option<(Stream, [u8; 3], u8)> {
+    /// What the next write of the direct lane at `at` sends: a tick (with Start before a
+    /// song's first) or the next MIDI-file event, as (stream, bytes, length).
+    fn due_bytes(&self, at: &DirectPosition, is_tick: bool) -> Option<(Stream, [u8; 3], u8)> {
         let Some(playing) = self.playing.as_ref() else {
             return self
                 .free
@@ -769,7 +810,7 @@ impl Clock {
                 .map(|_| (Stream::Clock, [TIMING_CLOCK, 0, 0], 1));
         };
         if is_tick {
-            return Some(if playing.direct.started {
+            return Some(if at.song.started {
                 (Stream::Clock, [TIMING_CLOCK, 0, 0], 1)
             } else {
                 (Stream::Clock, [START, TIMING_CLOCK, 0], 2)
@@ -780,35 +821,30 @@ impl Clock {
             .schedule
             .as_ref()?
             .events
-            .get(playing.direct.next_event)?;
+            .get(at.song.next_event)?;
         Some((Stream::File, event.bytes, event.len))
     }
 
-    /// Moves the direct lane past a tick written for `deadline`.
-    fn advance_tick(&mut self, deadline: u64) {
-        let Some(playing) = self.playing.as_mut() else {
-            if let Some(free) = self.free.as_mut() {
-                free.sent += 1;
-            }
+    /// Moves `at` past the write due at `deadline`: a tick, or else a MIDI-file event.
+    fn step(&self, at: &mut DirectPosition, is_tick: bool, deadline: u64) {
+        let Some(playing) = self.playing.as_ref() else {
+            at.free_sent += 1;
             return;
         };
-        let beat = playing.direct.next_tick as f64 / PPQN;
+        if !is_tick {
+            at.song.next_event += 1;
+            return;
+        }
+        let beat = at.song.next_tick as f64 / PPQN;
         let bpm = self.songs[playing.slot]
             .as_ref()
             .and_then(|s| s.tempo.as_ref())
             .map_or(120.0, |tempo| {
                 tempo.bpm_at_seconds(tempo.seconds_at_beat(beat))
             });
-        playing.direct.started = true;
-        playing.direct.next_tick += 1;
-        playing.direct.last_tick = Some((deadline, bpm));
-    }
-
-    /// Moves the direct lane past a MIDI-file event written.
-    fn advance_event(&mut self) {
-        if let Some(playing) = self.playing.as_mut() {
-            playing.direct.next_event += 1;
-        }
+        at.song.started = true;
+        at.song.next_tick += 1;
+        at.song.last_tick = Some((deadline, bpm));
     }
 
     fn write_clock(&self, bytes: &[u8]) {

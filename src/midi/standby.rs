@@ -1,5 +1,5 @@
-//! The beat clock's standby writer: a second real-time thread that makes the clock's next
-//! due write itself when the clock thread's core is not running at the deadline.
+//! The beat clock's standby writer: a second real-time thread that makes the clock's due
+//! writes itself when the clock thread's core is not running at their deadlines.
 //!
 //! Why: on a virtual machine the host stops one vCPU at a time, for hundreds of µs up to
 //! several ms; a SCHED_FIFO thread on that vCPU is late by as long, whatever its priority,
@@ -9,21 +9,29 @@
 //! deadline p99.9 42 µs, max 243 µs — the stalls of the two vCPUs never overlapped. Bare
 //! metal has the same shape on a smaller scale (SMIs and interrupt storms hit one core).
 //!
-//! How: the clock thread alone decides what is due. It *arms* [`DueWrite`] with the next
-//! deadline and its bytes as soon as it knows them, and takes the arming back (or collects
-//! the result) at the top of every pass of its loop, before anything can change its state.
-//! At the deadline both threads try to *claim* the armed write with one compare-and-swap;
-//! the winner writes to every output and notes each output's lateness, and the clock
-//! thread then advances its cursor and files the measurements, whoever wrote. A Stop, Song
-//! Position Pointer or All Notes Off is only written while nothing is armed, so the order
-//! on the wire is the clock thread's order. Both loops follow DESIGN.md's RT rules: atomics,
+//! How: the clock thread alone decides what is due. At every pass of its loop it *arms*
+//! [`DueWrites`] with the writes due next, in order (deadline and bytes, up to
+//! [`CAPACITY`] of them and [`ARM_HORIZON_NS`] ahead), and at the top of the next pass it
+//! takes back whatever was not written, before anything can change its state, and collects
+//! what was. The writes go out strictly in order: only the first unwritten one can be
+//! *claimed*, by either thread, with one compare-and-swap on a single state word
+//! (generation, armed count, written count, claim flag); the winner writes it to every
+//! output and notes each output's lateness. The clock thread then advances its cursor past
+//! every write made and files the measurements, whoever wrote. A Stop, Song Position Pointer
+//! or All Notes Off is only written while nothing is armed, so the order on the wire is the
+//! clock thread's order. Both loops follow DESIGN.md's RT rules: atomics,
 //! `clock_nanosleep`, `write(2)`; no allocation, lock or log.
 //!
-//! Limits, on purpose: one write is armed at a time, so a stall covers the write due in it,
-//! not a second one due before the clock thread runs again (the next tick is a tick interval
-//! away — 8.3 ms at 300 BPM, longer than nearly every stall — but the notes of a chord share
-//! a deadline). A write armed before a stall goes out even if the transport stopped during
-//! the stall, before the clock thread sends the Stop: the order on the wire is still right.
+//! Why several: the tenth session armed one write at a time, and a stall of the clock
+//! thread's vCPU longer than a tick interval (8.3 ms at 300 BPM) was covered for its first
+//! tick only — most of the ten-minute run's p99.9 tail was second ticks of ~10.6 ms stalls,
+//! 2.3 ms late. Armed ahead, the standby carries on through such a stall on its own.
+//!
+//! Limits, on purpose: writes armed before a stall go out even if the transport stopped
+//! during the stall, before the clock thread sends the Stop (at most [`ARM_HORIZON_NS`] of
+//! them, and only while the clock thread is stalled: the Stop would have been that late
+//! anyway); the order on the wire is still right. A stall of the clock thread in the few µs
+//! between taking back and re-arming, or in the middle of its own write, is not covered.
 //! The standby runs SCHED_FIFO one below the audio priority, not at the clock's: on a
 //! two-core machine both clock threads spinning at once must never keep the audio callback
 //! from a core.
@@ -38,20 +46,26 @@ use crate::engine::callback::monotonic_ns;
 use crate::rt::{self, ProbeSummary, Role, RtSettings};
 use crate::timing::sleep_until_ns;
 
-/// Nothing armed: the clock thread owns the slot.
-const IDLE: u64 = 0;
-/// A write waits for its deadline; either thread may claim it.
-const ARMED: u64 = 1;
-/// A thread is writing it.
-const CLAIMED: u64 = 2;
-/// Written; the lateness figures wait for the clock thread.
-const DONE: u64 = 3;
+/// Most writes armed at once: 100 ms of ticks at 150 BPM, 66 ms at 300 BPM, or a chord
+/// and the ticks after it.
+pub const CAPACITY: usize = 16;
+/// How far ahead of now the clock thread arms writes (the first due write is armed however
+/// far it is). The ten-minute runs' longest stalls of one vCPU were ~90 ms.
+pub const ARM_HORIZON_NS: u64 = 100_000_000;
+/// State word: bit 0 = a thread is writing the first unwritten write; then the written
+/// count, the armed count, and the generation (bumped whenever the clock thread takes the
+/// writes back, so a claim can only take an arming its thread read).
+const CLAIMED: u64 = 1;
+const WRITTEN_SHIFT: u32 = 1;
+const ARMED_SHIFT: u32 = 6;
+const GENERATION_SHIFT: u32 = 11;
+const COUNT_MASK: u64 = 0x1f;
+const _: () = assert!(CAPACITY as u64 <= COUNT_MASK, "counts fit their bits");
 /// Lateness of an output that did not take the bytes (missing, full, or not its stream).
 const NOT_WRITTEN: i64 = i64::MIN;
-/// How often an idle standby looks for an armed write, ns. The clock thread arms the next
-/// write on the pass after it collects the previous one, and re-arms it on every pass (at
-/// most 2 ms apart), so 1 ms finds it in time unless writes are under a ms apart; it costs
-/// one wake-up per ms of a thread that then sleeps again.
+/// How often an idle standby looks for an armed write, ns. The clock thread re-arms on
+/// every pass (at most 2 ms apart), so 1 ms finds a write in time unless writes are under
+/// a ms apart; it costs one wake-up per ms of a thread that then sleeps again.
 const POLL_NS: u64 = 1_000_000;
 /// The clock thread reaching a write this long after its deadline, with the standby having
 /// made it, counts as a rescue in the closing log line.
@@ -61,56 +75,93 @@ const PROMOTION_PENDING: u8 = 0;
 const PROMOTION_REALTIME: u8 = 1;
 const PROMOTION_FAILED: u8 = 2;
 
-/// What a [`DueWrite`] holds for the clock thread once a write is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
-    /// Nothing is armed (any arming was taken back): the clock thread may change its state.
-    Free,
-    /// A thread is writing right now; look again in a moment.
-    Busy,
-    /// The armed write went out; read [`DueWrite::lateness`], then [`DueWrite::release`].
-    Written {
-        /// The standby thread made it (not the clock thread).
-        by_standby: bool,
-    },
+fn written_of(state: u64) -> usize {
+    ((state >> WRITTEN_SHIFT) & COUNT_MASK) as usize
 }
 
-/// The one write the beat clock has due next, shared by the clock thread (which arms,
-/// claims and collects it) and the standby (which may claim it). Atomics only.
-pub struct DueWrite {
-    /// `generation << 2 | phase`: every arming is a new generation, so a claim can only
-    /// take the arming its thread read.
-    state: AtomicU64,
+fn armed_of(state: u64) -> usize {
+    ((state >> ARMED_SHIFT) & COUNT_MASK) as usize
+}
+
+fn generation_of(state: u64) -> u64 {
+    state >> GENERATION_SHIFT
+}
+
+/// What [`DueWrites::settle`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Nothing is armed any more; the first `written` writes of the arming went out (read
+    /// their figures with [`DueWrites::written_by_standby`] and [`DueWrites::lateness`]
+    /// before arming again). The clock thread may change its state.
+    Free {
+        /// How many of the armed writes were made, in order.
+        written: usize,
+    },
+    /// A thread is writing right now; look again in a moment.
+    Busy,
+}
+
+/// One armed write, as a thread that may claim it names it: the arming's generation and
+/// the write's place in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArmedWrite {
+    generation: u64,
+    index: usize,
+}
+
+impl ArmedWrite {
+    /// Its place in the arming: 0 for the first write due.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+/// One write's deadline and bytes, and who made it.
+struct Entry {
     deadline: AtomicU64,
     /// `bytes[0] | bytes[1] << 8 | bytes[2] << 16 | len << 24 | file stream << 26`.
     payload: AtomicU32,
-    /// Set by whoever claims: the standby (true) or the clock thread.
     by_standby: AtomicBool,
-    /// Per output (same order as the outputs): completion of its write − deadline, ns, or
-    /// `NOT_WRITTEN`.
-    lateness: Box<[AtomicI64]>,
 }
 
-impl DueWrite {
-    /// A slot for `outputs` outputs, nothing armed.
-    pub fn new(outputs: usize) -> DueWrite {
-        DueWrite {
-            state: AtomicU64::new(IDLE),
-            deadline: AtomicU64::new(0),
-            payload: AtomicU32::new(0),
-            by_standby: AtomicBool::new(false),
-            lateness: (0..outputs).map(|_| AtomicI64::new(NOT_WRITTEN)).collect(),
+/// The writes the beat clock has due next, in order, shared by the clock thread (which arms
+/// them, claims the first, takes them back and collects them) and the standby (which may
+/// claim the first unwritten one). Atomics only.
+pub struct DueWrites {
+    /// See [`CLAIMED`]: one word, so that arming, claiming and taking back are each one
+    /// atomic step and the writes can only go out in order.
+    state: AtomicU64,
+    entries: [Entry; CAPACITY],
+    /// Per write and output (`index * outputs + output`): completion of the write − its
+    /// deadline, ns, or `NOT_WRITTEN`.
+    lateness: Box<[AtomicI64]>,
+    outputs: usize,
+}
+
+impl DueWrites {
+    /// Room for [`CAPACITY`] writes to `outputs` outputs, nothing armed.
+    pub fn new(outputs: usize) -> DueWrites {
+        DueWrites {
+            state: AtomicU64::new(0),
+            entries: std::array::from_fn(|_| Entry {
+                deadline: AtomicU64::new(0),
+                payload: AtomicU32::new(0),
+                by_standby: AtomicBool::new(false),
+            }),
+            lateness: (0..CAPACITY * outputs)
+                .map(|_| AtomicI64::new(NOT_WRITTEN))
+                .collect(),
+            outputs,
         }
     }
 
-    /// Clock thread, slot [`Settled::Free`]: arms `bytes` (at most 3) on `stream` for
-    /// `deadline` and returns the arming's state for [`DueWrite::claim_and_write`].
-    pub fn arm(&self, deadline: u64, stream: Stream, bytes: &[u8]) -> u64 {
-        debug_assert_eq!(
-            self.state.load(Ordering::Relaxed) & 3,
-            IDLE,
-            "armed while busy"
-        );
+    /// Clock thread, after [`Settled::Free`]: arms `bytes` (at most 3) on `stream` for
+    /// `deadline` after the writes already armed (deadlines must not go backwards), or
+    /// None when [`CAPACITY`] writes are armed.
+    pub fn arm(&self, deadline: u64, stream: Stream, bytes: &[u8]) -> Option<ArmedWrite> {
+        let state = self.state.load(Ordering::Relaxed);
+        let index = armed_of(state);
+        let entry = self.entries.get(index)?;
         debug_assert!(bytes.len() <= 3, "a due write is one short MIDI message");
         let len = bytes.len().min(3);
         let mut payload = (len as u32) << 24;
@@ -120,34 +171,46 @@ impl DueWrite {
         if stream == Stream::File {
             payload |= 1 << 26;
         }
-        self.deadline.store(deadline, Ordering::Relaxed);
-        self.payload.store(payload, Ordering::Relaxed);
-        let generation = (self.state.load(Ordering::Relaxed) >> 2) + 1;
-        let armed = generation << 2 | ARMED;
-        // Release: a thread that sees ARMED sees the deadline and payload above.
-        self.state.store(armed, Ordering::Release);
-        armed
+        entry.deadline.store(deadline, Ordering::Relaxed);
+        entry.payload.store(payload, Ordering::Relaxed);
+        // An add, not a store: the standby may be claiming an earlier write meanwhile.
+        // Release: a thread that sees the count sees the deadline and payload above.
+        self.state.fetch_add(1 << ARMED_SHIFT, Ordering::Release);
+        Some(ArmedWrite {
+            generation: generation_of(state),
+            index,
+        })
     }
 
-    /// Claims the arming `armed` (as returned by [`DueWrite::arm`] or read by the standby)
-    /// and writes it to `outputs`; false when it was taken back or the other thread got it.
+    /// Claims `write` (as returned by [`DueWrites::arm`] or found by the standby) and writes
+    /// it to `outputs`; false when it was taken back, is not the first unwritten write, or
+    /// the other thread got it.
     pub fn claim_and_write(
         &self,
-        armed: u64,
+        write: ArmedWrite,
         outputs: &[Arc<OutputSlot>],
         by_standby: bool,
     ) -> bool {
-        let claimed = (armed & !3) | CLAIMED;
-        if self
-            .state
-            .compare_exchange(armed, claimed, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
+        let mut state = self.state.load(Ordering::Relaxed);
+        loop {
+            if !Self::is_next(state, write) {
+                return false;
+            }
+            // Only the armed count can change under us (the clock thread arming more).
+            match self.state.compare_exchange_weak(
+                state,
+                state | CLAIMED,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => state = now,
+            }
         }
-        // Claimed: the clock thread does not touch the fields until DONE.
-        let deadline = self.deadline.load(Ordering::Relaxed);
-        let payload = self.payload.load(Ordering::Relaxed);
+        // Claimed: the clock thread does not touch this write until it is counted written.
+        let entry = &self.entries[write.index];
+        let deadline = entry.deadline.load(Ordering::Relaxed);
+        let payload = entry.payload.load(Ordering::Relaxed);
         let bytes = [payload as u8, (payload >> 8) as u8, (payload >> 16) as u8];
         let len = ((payload >> 24) & 3) as usize;
         let stream = if payload & (1 << 26) != 0 {
@@ -155,7 +218,11 @@ impl DueWrite {
         } else {
             Stream::Clock
         };
-        for (output, late) in outputs.iter().zip(self.lateness.iter()) {
+        let first = write.index * self.outputs;
+        for (output, late) in outputs
+            .iter()
+            .zip(self.lateness[first..first + self.outputs].iter())
+        {
             let value = if output.carries(stream) && output.write(&bytes[..len]) {
                 monotonic_ns() as i64 - deadline as i64
             } else {
@@ -163,68 +230,86 @@ impl DueWrite {
             };
             late.store(value, Ordering::Relaxed);
         }
-        self.by_standby.store(by_standby, Ordering::Relaxed);
-        // Release: the clock thread that sees DONE sees the figures above.
-        self.state.store((armed & !3) | DONE, Ordering::Release);
+        entry.by_standby.store(by_standby, Ordering::Relaxed);
+        // Claim flag off, written count up, in one add (the armed count may be moving).
+        // Release: the clock thread that sees the count sees the figures above.
+        self.state
+            .fetch_add((1 << WRITTEN_SHIFT) - CLAIMED, Ordering::Release);
         true
     }
 
-    /// Clock thread, top of every pass: takes an arming back, or reports that it is being
-    /// written or was written.
+    /// Whether `write` is the first unwritten write of the current arming, unclaimed.
+    fn is_next(state: u64, write: ArmedWrite) -> bool {
+        state & CLAIMED == 0
+            && generation_of(state) == write.generation
+            && written_of(state) == write.index
+            && write.index < armed_of(state)
+    }
+
+    /// Clock thread, top of every pass: takes back every write not made (a new generation
+    /// with nothing armed) and says how many were made, or that one is being written.
     pub fn settle(&self) -> Settled {
+        let mut state = self.state.load(Ordering::Acquire);
         loop {
-            let state = self.state.load(Ordering::Acquire);
-            match state & 3 {
-                IDLE => return Settled::Free,
-                ARMED => {
-                    let idle = (state & !3) | IDLE;
-                    if self
-                        .state
-                        .compare_exchange(state, idle, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        return Settled::Free;
-                    }
-                    // The standby claimed it meanwhile: look again.
-                }
-                CLAIMED => return Settled::Busy,
-                _ => {
-                    return Settled::Written {
-                        by_standby: self.by_standby.load(Ordering::Relaxed),
+            if state & CLAIMED != 0 {
+                return Settled::Busy;
+            }
+            let next = (generation_of(state) + 1) << GENERATION_SHIFT;
+            match self
+                .state
+                .compare_exchange(state, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return Settled::Free {
+                        written: written_of(state),
                     }
                 }
+                // The standby claimed or finished one meanwhile: look again.
+                Err(now) => state = now,
             }
         }
     }
 
-    /// After [`Settled::Written`]: output `index`'s lateness in ns, or None when that output
-    /// did not take the bytes.
-    pub fn lateness(&self, index: usize) -> Option<i64> {
-        self.lateness
+    /// After [`Settled::Free`]: whether the standby (not the clock thread) made write
+    /// `index`.
+    pub fn written_by_standby(&self, index: usize) -> bool {
+        self.entries
             .get(index)
+            .is_some_and(|e| e.by_standby.load(Ordering::Relaxed))
+    }
+
+    /// After [`Settled::Free`]: write `index`'s lateness on output `output` in ns, or None
+    /// when that output did not take the bytes.
+    pub fn lateness(&self, index: usize, output: usize) -> Option<i64> {
+        if output >= self.outputs {
+            return None;
+        }
+        self.lateness
+            .get(index * self.outputs + output)
             .map(|l| l.load(Ordering::Relaxed))
             .filter(|&l| l != NOT_WRITTEN)
     }
 
-    /// After [`Settled::Written`] and reading the figures: the slot is the clock thread's.
-    pub fn release(&self) {
-        let state = self.state.load(Ordering::Relaxed);
-        debug_assert_eq!(state & 3, DONE, "released before it was written");
-        self.state.store((state & !3) | IDLE, Ordering::Release);
-    }
-
-    /// Standby: the current arming and its deadline, if something is armed.
-    fn armed(&self) -> Option<(u64, u64)> {
+    /// Standby: the first unwritten armed write and its deadline, if one waits unclaimed.
+    fn next(&self) -> Option<(ArmedWrite, u64)> {
         let state = self.state.load(Ordering::Acquire);
-        (state & 3 == ARMED).then(|| (state, self.deadline.load(Ordering::Relaxed)))
+        let write = ArmedWrite {
+            generation: generation_of(state),
+            index: written_of(state),
+        };
+        Self::is_next(state, write).then(|| {
+            (
+                write,
+                self.entries[write.index].deadline.load(Ordering::Relaxed),
+            )
+        })
     }
 
-    /// Standby: whether `armed` is still the current arming.
-    fn is_current(&self, armed: u64) -> bool {
-        self.state.load(Ordering::Relaxed) == armed
+    /// Standby: whether `write` is still the one to make next.
+    fn is_current(&self, write: ArmedWrite) -> bool {
+        Self::is_next(self.state.load(Ordering::Relaxed), write)
     }
 }
-
 /// The running standby thread.
 pub struct Standby {
     stop: Arc<AtomicBool>,
@@ -244,7 +329,7 @@ impl Standby {
     /// more than it saves. It spins `spin_ns` before each deadline (the clock's shortest
     /// window).
     pub fn start(
-        due: Arc<DueWrite>,
+        due: Arc<DueWrites>,
         outputs: Vec<Arc<OutputSlot>>,
         spin_ns: u64,
         rt: RtSettings,
@@ -322,10 +407,10 @@ impl Drop for Standby {
     }
 }
 
-/// Sleeps until shortly before the armed deadline, spins to it while it stays armed, and
-/// tries to claim it. The hot loop: atomics, `clock_nanosleep` and `write(2)` only.
+/// Sleeps until shortly before the next armed deadline, spins to it while that write stays
+/// the next, and tries to claim it; then goes on to the write after it. The hot loop: atomics, `clock_nanosleep` and `write(2)` only.
 fn standby_loop(
-    due: &DueWrite,
+    due: &DueWrites,
     outputs: &[Arc<OutputSlot>],
     spin_ns: u64,
     stop: &AtomicBool,
@@ -334,7 +419,7 @@ fn standby_loop(
 ) {
     while !stop.load(Ordering::Acquire) {
         let now = monotonic_ns();
-        let Some((armed, deadline)) = due.armed() else {
+        let Some((write, deadline)) = due.next() else {
             sleep_until_ns(now + POLL_NS);
             continue;
         };
@@ -344,7 +429,7 @@ fn standby_loop(
             continue;
         }
         let spin_from = monotonic_ns();
-        while monotonic_ns() < deadline && due.is_current(armed) {
+        while monotonic_ns() < deadline && due.is_current(write) {
             std::hint::spin_loop();
         }
         // One writer (this loop): a load and a store, no read-modify-write needed.
@@ -352,7 +437,7 @@ fn standby_loop(
             spun_ns.load(Ordering::Relaxed) + monotonic_ns().saturating_sub(spin_from),
             Ordering::Relaxed,
         );
-        if due.claim_and_write(armed, outputs, true) {
+        if due.claim_and_write(write, outputs, true) {
             writes.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -369,37 +454,79 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_arming_is_claimed_once_and_settles_as_written() {
-        let due = DueWrite::new(0);
-        let armed = due.arm(5, Stream::Clock, &[0xF8]);
-        assert!(due.claim_and_write(armed, &[], true));
-        assert!(!due.claim_and_write(armed, &[], false), "claimed once");
-        assert_eq!(due.settle(), Settled::Written { by_standby: true });
-        due.release();
-        assert_eq!(due.settle(), Settled::Free);
+    fn an_armed_write_is_claimed_once_and_settles_as_written() {
+        let due = DueWrites::new(0);
+        let write = due.arm(5, Stream::Clock, &[0xF8]).expect("room");
+        assert!(due.claim_and_write(write, &[], true));
+        assert!(!due.claim_and_write(write, &[], false), "claimed once");
+        assert_eq!(due.settle(), Settled::Free { written: 1 });
+        assert!(due.written_by_standby(0));
+        assert_eq!(
+            due.settle(),
+            Settled::Free { written: 0 },
+            "nothing armed now"
+        );
+    }
+
+    #[test]
+    fn writes_go_out_in_order_only() {
+        let due = DueWrites::new(0);
+        let first = due.arm(5, Stream::Clock, &[0xF8]).expect("room");
+        let second = due.arm(6, Stream::File, &[0x90, 60, 100]).expect("room");
+        let third = due.arm(6, Stream::Clock, &[0xF8]).expect("room");
+        assert!(
+            !due.claim_and_write(second, &[], true),
+            "not before the first"
+        );
+        assert_eq!(due.next().map(|(w, d)| (w, d)), Some((first, 5)));
+        assert!(due.claim_and_write(first, &[], false));
+        assert_eq!(due.next().map(|(w, d)| (w, d)), Some((second, 6)));
+        assert!(due.claim_and_write(second, &[], true));
+        // The clock thread takes the rest back: two made, the third never.
+        assert_eq!(due.settle(), Settled::Free { written: 2 });
+        assert!(!due.written_by_standby(0) && due.written_by_standby(1));
+        assert!(!due.claim_and_write(third, &[], true), "taken back");
+        assert_eq!(due.next(), None);
     }
 
     #[test]
     fn a_taken_back_arming_cannot_be_claimed_nor_an_older_one() {
-        let due = DueWrite::new(0);
-        let first = due.arm(5, Stream::Clock, &[0xF8]);
-        assert_eq!(due.settle(), Settled::Free, "taken back");
-        assert!(!due.claim_and_write(first, &[], true));
-        let second = due.arm(6, Stream::File, &[0x90, 60, 100]);
-        assert_ne!(first, second, "a new generation");
-        assert!(!due.claim_and_write(first, &[], true), "not the old arming");
-        assert!(due.claim_and_write(second, &[], false));
-        assert_eq!(due.settle(), Settled::Written { by_standby: false });
+        let due = DueWrites::new(0);
+        let old = due.arm(5, Stream::Clock, &[0xF8]).expect("room");
+        assert_eq!(due.settle(), Settled::Free { written: 0 }, "taken back");
+        assert!(!due.claim_and_write(old, &[], true));
+        let new = due.arm(5, Stream::Clock, &[0xF8]).expect("room");
+        assert_ne!(old, new, "a new generation");
+        assert!(!due.claim_and_write(old, &[], true), "not the old arming");
+        assert!(due.claim_and_write(new, &[], false));
+        assert_eq!(due.settle(), Settled::Free { written: 1 });
+    }
+
+    #[test]
+    fn arming_stops_at_capacity() {
+        let due = DueWrites::new(0);
+        for i in 0..CAPACITY {
+            assert!(due.arm(i as u64, Stream::Clock, &[0xF8]).is_some());
+        }
+        assert_eq!(due.arm(99, Stream::Clock, &[0xF8]), None, "full");
+        assert_eq!(due.settle(), Settled::Free { written: 0 });
+        assert!(due.arm(100, Stream::Clock, &[0xF8]).is_some(), "room again");
     }
 
     #[test]
     fn a_claimed_write_is_busy_until_done() {
-        let due = DueWrite::new(0);
-        let armed = due.arm(5, Stream::Clock, &[0xF8]);
+        let due = DueWrites::new(0);
+        let write = due.arm(5, Stream::Clock, &[0xF8]).expect("room");
         // What a claim looks like from the outside while the writes are being made.
-        due.state.store((armed & !3) | CLAIMED, Ordering::Release);
+        due.state.fetch_or(CLAIMED, Ordering::AcqRel);
         assert_eq!(due.settle(), Settled::Busy);
-        assert_eq!(due.lateness(0), None, "no output, no figure");
+        assert!(!due.claim_and_write(write, &[], false), "already claimed");
+        // Arming more while it is being written does not disturb the claim.
+        assert!(due.arm(6, Stream::Clock, &[0xF8]).is_some());
+        due.state
+            .fetch_add((1 << WRITTEN_SHIFT) - CLAIMED, Ordering::Release);
+        assert_eq!(due.settle(), Settled::Free { written: 1 });
+        assert_eq!(due.lateness(0, 0), None, "no output, no figure");
     }
 
     #[test]
