@@ -190,6 +190,9 @@ struct Clock {
     /// What is armed in `due`, in order (the first `planned_len`).
     planned: [Planned; standby::CAPACITY],
     planned_len: usize,
+    /// How many writes to arm at once: the ring's capacity with a standby to make them, the
+    /// first only without one.
+    arm_limit: usize,
     /// When this thread got to the first armed write: its own claim, won or lost.
     reached_ns: Option<u64>,
     written: Arc<AtomicU64>,
@@ -285,6 +288,11 @@ impl ClockThread {
             due,
             planned: [NOTHING_PLANNED; standby::CAPACITY],
             planned_len: 0,
+            arm_limit: if standby.is_some() {
+                standby::CAPACITY
+            } else {
+                1
+            },
             reached_ns: None,
             written: written.clone(),
             rescues: rescues.clone(),
@@ -449,7 +457,10 @@ impl Clock {
     fn arm_ahead(&mut self, now: u64) -> Option<(ArmedWrite, u64)> {
         let mut ahead = self.direct_position();
         let mut first = None;
-        while let Some((deadline, is_tick)) = self.next_deadline(&ahead) {
+        while self.planned_len < self.arm_limit {
+            let Some((deadline, is_tick)) = self.next_deadline(&ahead) else {
+                break;
+            };
             if first.is_some() && deadline > now + standby::ARM_HORIZON_NS {
                 break;
             }
@@ -828,7 +839,10 @@ impl Clock {
     /// Moves `at` past the write due at `deadline`: a tick, or else a MIDI-file event.
     fn step(&self, at: &mut DirectPosition, is_tick: bool, deadline: u64) {
         let Some(playing) = self.playing.as_ref() else {
-            at.free_sent += 1;
+            // Between songs only the free run's ticks are due.
+            if is_tick {
+                at.free_sent += 1;
+            }
             return;
         };
         if !is_tick {

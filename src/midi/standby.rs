@@ -46,8 +46,8 @@ use crate::engine::callback::monotonic_ns;
 use crate::rt::{self, ProbeSummary, Role, RtSettings};
 use crate::timing::sleep_until_ns;
 
-/// Most writes armed at once: 100 ms of ticks at 150 BPM, 66 ms at 300 BPM, or a chord
-/// and the ticks after it.
+/// Most writes armed at once. For ticks [`ARM_HORIZON_NS`] binds first (12 ticks at
+/// 300 BPM); this bounds a dense MIDI file's arming (and its cost per pass).
 pub const CAPACITY: usize = 16;
 /// How far ahead of now the clock thread arms writes (the first due write is armed however
 /// far it is). The ten-minute runs' longest stalls of one vCPU were ~90 ms.
@@ -67,6 +67,10 @@ const NOT_WRITTEN: i64 = i64::MIN;
 /// every pass (at most 2 ms apart), so 1 ms finds a write in time unless writes are under
 /// a ms apart; it costs one wake-up per ms of a thread that then sleeps again.
 const POLL_NS: u64 = 1_000_000;
+/// How soon the standby looks again when it just lost a write to the clock thread's claim,
+/// or found the writes just taken back, ns: the clock thread's write or re-arming takes a
+/// few µs, and the next write may be due at the same deadline (a note on the beat).
+const REPOLL_NS: u64 = 20_000;
 /// The clock thread reaching a write this long after its deadline, with the standby having
 /// made it, counts as a rescue in the closing log line.
 pub const RESCUE_NS: u64 = 250_000;
@@ -124,13 +128,36 @@ struct Entry {
     by_standby: AtomicBool,
 }
 
+/// The state word on a cache line of its own: the standby spins reading it while the
+/// clock thread fills in entries.
+#[repr(align(64))]
+struct StateWord(AtomicU64);
+
+impl std::ops::Deref for StateWord {
+    type Target = AtomicU64;
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
+/// What the standby found when it looked for the next write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// This write is the next to make, due at this deadline.
+    Next(ArmedWrite, u64),
+    /// A thread is writing, or the writes were just taken back: look again soon.
+    Moving,
+    /// Nothing armed since the last look: the clock is idle.
+    Idle,
+}
+
 /// The writes the beat clock has due next, in order, shared by the clock thread (which arms
 /// them, claims the first, takes them back and collects them) and the standby (which may
 /// claim the first unwritten one). Atomics only.
 pub struct DueWrites {
     /// See [`CLAIMED`]: one word, so that arming, claiming and taking back are each one
     /// atomic step and the writes can only go out in order.
-    state: AtomicU64,
+    state: StateWord,
     entries: [Entry; CAPACITY],
     /// Per write and output (`index * outputs + output`): completion of the write − its
     /// deadline, ns, or `NOT_WRITTEN`.
@@ -142,7 +169,7 @@ impl DueWrites {
     /// Room for [`CAPACITY`] writes to `outputs` outputs, nothing armed.
     pub fn new(outputs: usize) -> DueWrites {
         DueWrites {
-            state: AtomicU64::new(0),
+            state: StateWord(AtomicU64::new(0)),
             entries: std::array::from_fn(|_| Entry {
                 deadline: AtomicU64::new(0),
                 payload: AtomicU32::new(0),
@@ -231,10 +258,15 @@ impl DueWrites {
             late.store(value, Ordering::Relaxed);
         }
         entry.by_standby.store(by_standby, Ordering::Relaxed);
-        // Claim flag off, written count up, in one add (the armed count may be moving).
+        // Claim flag off and written count up in one add (the armed count may be moving):
+        // adding 1 to a set bit 0 carries into the written count, which stays below the
+        // armed count (at most CAPACITY) and so never carries further.
         // Release: the clock thread that sees the count sees the figures above.
-        self.state
-            .fetch_add((1 << WRITTEN_SHIFT) - CLAIMED, Ordering::Release);
+        let before = self.state.fetch_add(1, Ordering::Release);
+        debug_assert!(
+            before & CLAIMED != 0 && written_of(before) < armed_of(before),
+            "completed a write that was not claimed"
+        );
         true
     }
 
@@ -270,6 +302,11 @@ impl DueWrites {
         }
     }
 
+    /// How many writes of the current arming were made so far (no effect on the arming).
+    pub fn written(&self) -> usize {
+        written_of(self.state.load(Ordering::Acquire))
+    }
+
     /// After [`Settled::Free`]: whether the standby (not the clock thread) made write
     /// `index`.
     pub fn written_by_standby(&self, index: usize) -> bool {
@@ -290,19 +327,27 @@ impl DueWrites {
             .filter(|&l| l != NOT_WRITTEN)
     }
 
-    /// Standby: the first unwritten armed write and its deadline, if one waits unclaimed.
-    fn next(&self) -> Option<(ArmedWrite, u64)> {
+    /// Standby: the first unwritten armed write and its deadline, if one waits unclaimed;
+    /// else whether the writes are moving (a claim, or an arming newer than
+    /// `last_generation`) or idle. Updates `last_generation`.
+    fn look(&self, last_generation: &mut u64) -> Look {
         let state = self.state.load(Ordering::Acquire);
         let write = ArmedWrite {
             generation: generation_of(state),
             index: written_of(state),
         };
-        Self::is_next(state, write).then(|| {
-            (
+        let new_arming = write.generation != *last_generation;
+        *last_generation = write.generation;
+        if Self::is_next(state, write) {
+            Look::Next(
                 write,
                 self.entries[write.index].deadline.load(Ordering::Relaxed),
             )
-        })
+        } else if state & CLAIMED != 0 || new_arming {
+            Look::Moving
+        } else {
+            Look::Idle
+        }
     }
 
     /// Standby: whether `write` is still the one to make next.
@@ -417,11 +462,19 @@ fn standby_loop(
     writes: &AtomicU64,
     spun_ns: &AtomicU64,
 ) {
+    let mut last_generation = 0;
     while !stop.load(Ordering::Acquire) {
         let now = monotonic_ns();
-        let Some((write, deadline)) = due.next() else {
-            sleep_until_ns(now + POLL_NS);
-            continue;
+        let (write, deadline) = match due.look(&mut last_generation) {
+            Look::Next(write, deadline) => (write, deadline),
+            Look::Moving => {
+                sleep_until_ns(now + REPOLL_NS);
+                continue;
+            }
+            Look::Idle => {
+                sleep_until_ns(now + POLL_NS);
+                continue;
+            }
         };
         if deadline > now + spin_ns {
             // Never past a re-arming by much: the clock thread may move the deadline.
@@ -478,15 +531,18 @@ mod tests {
             !due.claim_and_write(second, &[], true),
             "not before the first"
         );
-        assert_eq!(due.next().map(|(w, d)| (w, d)), Some((first, 5)));
+        let mut generation = 0;
+        assert_eq!(due.look(&mut generation), Look::Next(first, 5));
         assert!(due.claim_and_write(first, &[], false));
-        assert_eq!(due.next().map(|(w, d)| (w, d)), Some((second, 6)));
+        assert_eq!(due.written(), 1);
+        assert_eq!(due.look(&mut generation), Look::Next(second, 6));
         assert!(due.claim_and_write(second, &[], true));
         // The clock thread takes the rest back: two made, the third never.
         assert_eq!(due.settle(), Settled::Free { written: 2 });
         assert!(!due.written_by_standby(0) && due.written_by_standby(1));
         assert!(!due.claim_and_write(third, &[], true), "taken back");
-        assert_eq!(due.next(), None);
+        assert_eq!(due.look(&mut generation), Look::Moving, "just taken back");
+        assert_eq!(due.look(&mut generation), Look::Idle, "nothing armed since");
     }
 
     #[test]
@@ -520,11 +576,12 @@ mod tests {
         // What a claim looks like from the outside while the writes are being made.
         due.state.fetch_or(CLAIMED, Ordering::AcqRel);
         assert_eq!(due.settle(), Settled::Busy);
+        let mut generation = 0;
+        assert_eq!(due.look(&mut generation), Look::Moving, "being written");
         assert!(!due.claim_and_write(write, &[], false), "already claimed");
         // Arming more while it is being written does not disturb the claim.
         assert!(due.arm(6, Stream::Clock, &[0xF8]).is_some());
-        due.state
-            .fetch_add((1 << WRITTEN_SHIFT) - CLAIMED, Ordering::Release);
+        due.state.fetch_add(1, Ordering::Release);
         assert_eq!(due.settle(), Settled::Free { written: 1 });
         assert_eq!(due.lateness(0, 0), None, "no output, no figure");
     }
