@@ -15,7 +15,8 @@
 //! inter-processor interrupt and an exit to the hypervisor inside the clock's write — and
 //! puts its own wake-up latency into every arrival stamp: `cargo bench --bench fifo_write`
 //! measures both. "inexact" counts stamps taken when the byte was already waiting as the
-//! reader started to poll (it woke late), which may be later than the arrival.
+//! reader started to poll (it woke late), which may be later than the arrival; "exact999" is
+//! the arrival p99.9 without them, where the reader's own stalls do not count.
 //!
 //! Self-reported lateness (write completion − deadline) comes from the rehearsal JSON.
 //! Arrival lateness is measured against a steady grid of ticks (tick n at t0 + n × interval,
@@ -116,6 +117,8 @@ struct Row {
     /// Arrival stamps that may be late (see `common::Arrival::inexact`); every one with a
     /// blocking reader.
     inexact_stamps: usize,
+    /// Arrival p99.9 over the exact stamps only, µs.
+    exact_p999: f64,
     /// p99 of the audio callback's time in µs and the nominal period in µs.
     callback_p99: f64,
     period_us: f64,
@@ -273,6 +276,13 @@ fn run_condition(
     let last_tick_us = offsets
         .last()
         .map_or(f64::NAN, |last| (last - first) / 1000.0);
+    let mut exact: Vec<f64> = lateness
+        .iter()
+        .zip(&stamps)
+        .filter(|(_, (_, inexact))| !inexact)
+        .map(|(l, _)| *l)
+        .collect();
+    exact.sort_by(f64::total_cmp);
     lateness.sort_by(f64::total_cmp);
     Some(Row {
         self_p50: us("p50_ns"),
@@ -291,6 +301,7 @@ fn run_condition(
         early_ticks,
         ticks: times.len(),
         inexact_stamps,
+        exact_p999: percentile(&exact, 0.999),
         callback_p99,
         period_us,
         spin_share,
@@ -498,7 +509,7 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
         reader_mode()
     );
     println!(
-        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} {:>7} | {:>9} {:>9} {:>8} {:>5} | {:>10} {:>6}",
+        "{:<26} {:>6} | {:>7} {:>7} {:>7} {:>8} | {:>7} {:>7} {:>7} {:>8} {:>7} {:>8} | {:>9} {:>9} {:>8} {:>5} | {:>10} {:>6}",
         "condition",
         "ticks",
         "self50",
@@ -510,6 +521,7 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
         "arr999",
         "arrmax",
         "inexact",
+        "exact999",
         "drift",
         "last",
         "rate ppm",
@@ -547,8 +559,8 @@ fn conditions(seconds: u64, loaded_fifo_only: bool) {
             Some(r) => {
                 let ratio = floor.map_or("-".to_string(), |f| format!("{:.2}×", r.self_p99 / f[1]));
                 println!(
-                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} | {:>9.1} {:>9.1} {:>8.3} {:>5} | {:>10} {:>6.1}",
-                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.inexact_stamps, r.drift_us, r.last_tick_us, r.rate_ppm, r.early_ticks, ratio, r.spin_share
+                    "{name:<26} {:>6} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} | {:>7.1} {:>7.1} {:>7.1} {:>8.1} {:>7} {:>8.1} | {:>9.1} {:>9.1} {:>8.3} {:>5} | {:>10} {:>6.1}",
+                    r.ticks, r.self_p50, r.self_p99, r.self_p999, r.self_max, r.arrival[0], r.arrival[1], r.arrival[2], r.arrival[3], r.inexact_stamps, r.exact_p999, r.drift_us, r.last_tick_us, r.rate_ppm, r.early_ticks, ratio, r.spin_share
                 );
             }
             None => println!("{name:<26} failed"),
